@@ -1,0 +1,196 @@
+"""TCP_INFO (``struct tcp_info``, include/uapi/linux/tcp.h) as a frozen dataclass.
+
+The layout is declared once, in ``_LAYOUT``. Older kernels return a shorter struct:
+fields past the returned length read as None. The bitfield byte after
+``tcpi_options`` holds ``tcpi_delivery_rate_app_limited:1`` and
+``tcpi_fastopen_client_fail:2`` (Linux 5.5+), low bits first on little-endian ABIs.
+"""
+
+from __future__ import annotations
+
+import enum
+import socket
+import struct
+from dataclasses import dataclass
+
+from dnstfo.errors import NetworkError
+
+
+class TcpiOption(enum.IntFlag):
+    """``tcpi_options`` flags."""
+
+    TIMESTAMPS = 0x1
+    SACK = 0x2
+    WSCALE = 0x4
+    ECN = 0x8
+    ECN_SEEN = 0x10
+    SYN_DATA = 0x20
+    """Client: data in our SYN was acked. Server: the SYN carried data."""
+    USEC_TS = 0x40
+    TFO_CHILD = 0x80
+    """Server side: the connection was accepted through Fast Open (newer kernels only)."""
+
+
+class FastOpenClientFail(enum.IntEnum):
+    """``tcpi_fastopen_client_fail``: why the client's Fast Open attempt failed."""
+
+    UNSPEC = 0
+    """No failure recorded (or TFO not attempted)."""
+    COOKIE_UNAVAILABLE = 1
+    """No cookie was cached: the SYN carried a cookie request instead of data."""
+    DATA_NOT_ACKED = 2
+    """The SYN-ACK did not acknowledge the data sent in the SYN."""
+    SYN_RETRANSMITTED = 3
+    """The SYN with data was lost and retransmitted without data."""
+
+
+class TcpState(enum.IntEnum):
+    """``tcpi_state`` (include/net/tcp_states.h)."""
+
+    ESTABLISHED = 1
+    SYN_SENT = 2
+    SYN_RECV = 3
+    FIN_WAIT1 = 4
+    FIN_WAIT2 = 5
+    TIME_WAIT = 6
+    CLOSE = 7
+    CLOSE_WAIT = 8
+    LAST_ACK = 9
+    LISTEN = 10
+    CLOSING = 11
+    NEW_SYN_RECV = 12
+
+
+# (field, struct code), in kernel order. "x" entries are bytes handled by hand.
+_LAYOUT: tuple[tuple[str, str], ...] = (
+    ("state", "B"), ("ca_state", "B"), ("retransmits", "B"), ("probes", "B"),
+    ("backoff", "B"), ("options", "B"), ("wscale", "B"), ("bitfield", "B"),
+    ("rto_us", "I"), ("ato_us", "I"), ("snd_mss", "I"), ("rcv_mss", "I"),
+    ("unacked", "I"), ("sacked", "I"), ("lost", "I"), ("retrans", "I"), ("fackets", "I"),
+    ("last_data_sent_ms", "I"), ("last_ack_sent_ms", "I"), ("last_data_recv_ms", "I"),
+    ("last_ack_recv_ms", "I"),
+    ("pmtu", "I"), ("rcv_ssthresh", "I"), ("rtt_us", "I"), ("rttvar_us", "I"),
+    ("snd_ssthresh", "I"), ("snd_cwnd", "I"), ("advmss", "I"), ("reordering", "I"),
+    ("rcv_rtt_us", "I"), ("rcv_space", "I"), ("total_retrans", "I"),
+    ("pacing_rate", "Q"), ("max_pacing_rate", "Q"), ("bytes_acked", "Q"),
+    ("bytes_received", "Q"), ("segs_out", "I"), ("segs_in", "I"),
+    ("notsent_bytes", "I"), ("min_rtt_us", "I"), ("data_segs_in", "I"), ("data_segs_out", "I"),
+    ("delivery_rate", "Q"), ("busy_time_us", "Q"), ("rwnd_limited_us", "Q"),
+    ("sndbuf_limited_us", "Q"), ("delivered", "I"), ("delivered_ce", "I"),
+    ("bytes_sent", "Q"), ("bytes_retrans", "Q"), ("dsack_dups", "I"), ("reord_seen", "I"),
+    ("rcv_ooopack", "I"), ("snd_wnd", "I"), ("rcv_wnd", "I"),
+)  # fmt: skip
+
+_STRUCT = struct.Struct("=" + "".join(code for _, code in _LAYOUT))
+_NAMES = tuple(name for name, _ in _LAYOUT)
+
+
+def _prefix_struct(length: int) -> tuple[struct.Struct, int]:
+    """Returns the struct covering as many whole fields as fit in ``length`` bytes."""
+    fmt = "="
+    count = 0
+    for _, code in _LAYOUT:
+        if struct.calcsize(fmt + code) > length:
+            break
+        fmt += code
+        count += 1
+    return struct.Struct(fmt), count
+
+
+@dataclass(frozen=True, slots=True)
+class TcpInfo:
+    """What the kernel says about one TCP connection (times in µs unless named _ms)."""
+
+    state: TcpState | int
+    """Connection state."""
+    options: TcpiOption
+    """Negotiated options and Fast Open flags (SYN_DATA, TFO_CHILD)."""
+    fastopen_client_fail: FastOpenClientFail
+    """Why a client Fast Open attempt failed (UNSPEC when it did not, or on old kernels)."""
+    retransmits: int
+    """Retransmissions of the current segment (SYN retransmits during the handshake)."""
+    total_retrans: int
+    """Retransmitted segments over the connection's life."""
+    rtt_us: int
+    """Smoothed round-trip time."""
+    rttvar_us: int
+    """Round-trip time variance."""
+    min_rtt_us: int | None
+    """Smallest RTT seen (None on old kernels)."""
+    rto_us: int
+    """Current retransmission timeout."""
+    segs_out: int | None
+    """Segments sent, including the SYN."""
+    segs_in: int | None
+    """Segments received."""
+    data_segs_out: int | None
+    """Segments sent that carried data."""
+    data_segs_in: int | None
+    """Segments received that carried data."""
+    bytes_acked: int | None
+    """Bytes acknowledged by the peer."""
+    bytes_received: int | None
+    """Bytes received from the peer."""
+    bytes_sent: int | None
+    """Bytes sent, including retransmissions."""
+    bytes_retrans: int | None
+    """Bytes retransmitted."""
+
+    @property
+    def syn_data(self) -> bool:
+        """Client: our SYN data was acked. Server: the SYN carried data."""
+        return TcpiOption.SYN_DATA in self.options
+
+    @property
+    def tfo_child(self) -> bool:
+        """Server: the connection was accepted through Fast Open (newer kernels only)."""
+        return TcpiOption.TFO_CHILD in self.options
+
+
+def parse_tcp_info(raw: bytes) -> TcpInfo:
+    """Parses the bytes ``getsockopt(TCP_INFO)`` returned, short structs included.
+
+    Raises:
+        ValueError: fewer bytes than the oldest kernel's struct (up to total_retrans).
+    """
+    if len(raw) >= _STRUCT.size:
+        values = _STRUCT.unpack_from(raw)
+    else:
+        prefix, count = _prefix_struct(len(raw))
+        if count <= _NAMES.index("total_retrans"):
+            raise ValueError(f"TCP_INFO of {len(raw)} bytes is too short")
+        values = prefix.unpack_from(raw) + (None,) * (len(_NAMES) - count)
+    f = dict(zip(_NAMES, values, strict=True))
+    state = f["state"]
+    return TcpInfo(
+        state=TcpState(state) if state in TcpState._value2member_map_ else state,
+        options=TcpiOption(f["options"]),
+        fastopen_client_fail=FastOpenClientFail((f["bitfield"] >> 1) & 0x3),
+        retransmits=f["retransmits"],
+        total_retrans=f["total_retrans"],
+        rtt_us=f["rtt_us"],
+        rttvar_us=f["rttvar_us"],
+        min_rtt_us=f["min_rtt_us"],
+        rto_us=f["rto_us"],
+        segs_out=f["segs_out"],
+        segs_in=f["segs_in"],
+        data_segs_out=f["data_segs_out"],
+        data_segs_in=f["data_segs_in"],
+        bytes_acked=f["bytes_acked"],
+        bytes_received=f["bytes_received"],
+        bytes_sent=f["bytes_sent"],
+        bytes_retrans=f["bytes_retrans"],
+    )
+
+
+def tcp_info(sock: socket.socket) -> TcpInfo:
+    """Reads TCP_INFO of a connected (or connecting, or accepted) TCP socket.
+
+    Raises:
+        NetworkError: the socket is not a TCP socket or is closed (errno kept).
+    """
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _STRUCT.size)
+    except OSError as exc:
+        raise NetworkError.from_oserror("reading TCP_INFO", exc) from exc
+    return parse_tcp_info(raw)
