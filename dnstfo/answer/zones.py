@@ -1,0 +1,242 @@
+"""Zone files on disk -> immutable, query-ready zone data.
+
+Each file in the zone directory is one zone in RFC 1035 §5 master format, read by dnspython.
+The origin comes from a leading ``$ORIGIN`` directive, otherwise from the file name with a
+``.zone`` suffix removed (``example.com.zone`` and ``example.com`` both give ``example.com.``).
+
+Loading turns a ``dns.zone.Zone`` into a :class:`LoadedZone`: RRsets indexed by absolute owner
+name and type, the set of names that exist (nodes and empty non-terminals, RFC 4592 §2.2.2),
+the delegation points (zone cuts, RFC 1034 §4.2.1) and the SOA to put in negative answers
+(RFC 2308 §3). The index is built once, so answering never walks the zone.
+
+A broken file becomes a :class:`~dnstfo.errors.ZoneLoadError` naming the file and, when
+dnspython reports it, the line. :func:`load_zones` returns the zones that loaded together with
+the errors, so a reload can keep the previous version of a zone whose file is now broken.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+import dns.zone
+
+from dnstfo.errors import ZoneLoadError
+
+log = logging.getLogger(__name__)
+
+#: File names that are never zones: editor backups and package-manager leftovers.
+_SKIPPED_SUFFIXES = ("~", ".swp", ".bak", ".tmp", ".orig", ".dpkg-old", ".dpkg-new")
+#: dnspython's syntax errors read ``<file>:<line>: <reason>``.
+_LINE_IN_MESSAGE = re.compile(r":(\d+): (.*)$", re.DOTALL)
+_ORIGIN_DIRECTIVE = re.compile(r"\$ORIGIN\b", re.IGNORECASE)
+
+RRsetsByType = Mapping[dns.rdatatype.RdataType, dns.rrset.RRset]
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedZone:
+    """One zone, indexed for answering. Never mutated after loading."""
+
+    origin: dns.name.Name
+    """The zone apex."""
+    path: Path
+    """The file the zone came from."""
+    zone: dns.zone.Zone
+    """The dnspython zone (absolute names), kept for zone transfers."""
+    rrsets: Mapping[dns.name.Name, RRsetsByType]
+    """Every RRset of the zone by owner name and type."""
+    names: frozenset[dns.name.Name]
+    """Names that exist: owner names plus empty non-terminals (RFC 4592 §2.2.2)."""
+    cuts: frozenset[dns.name.Name]
+    """Delegation points: names below the apex that own an NS RRset (RFC 1034 §4.2.1)."""
+    soa: dns.rrset.RRset
+    """The apex SOA as stored."""
+    negative_soa: dns.rrset.RRset
+    """The SOA for negative answers, TTL = min(SOA TTL, SOA MINIMUM) (RFC 2308 §3)."""
+
+    @property
+    def serial(self) -> int:
+        """The SOA serial."""
+        return int(self.soa[0].serial)
+
+    @classmethod
+    def from_zone(cls, zone: dns.zone.Zone, path: Path) -> LoadedZone:
+        """Indexes a dnspython zone that was read with absolute names.
+
+        Args:
+            zone: a zone read with ``relativize=False`` whose origin check passed.
+            path: the file it came from.
+
+        Returns:
+            The indexed zone.
+        """
+        origin = zone.origin
+        assert origin is not None
+        rrsets: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
+        names: set[dns.name.Name] = set()
+        cuts: set[dns.name.Name] = set()
+        for name, node in zone.nodes.items():
+            by_type = {}
+            for rdataset in node.rdatasets:
+                rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
+                rrset.update(rdataset)
+                by_type[rdataset.rdtype] = rrset
+            if not by_type:
+                continue
+            rrsets[name] = by_type
+            if name != origin and dns.rdatatype.NS in by_type:
+                cuts.add(name)
+            # The owner and every ancestor up to the apex exist (empty non-terminals).
+            while name != origin and name not in names:
+                names.add(name)
+                name = name.parent()
+        names.add(origin)
+        soa = rrsets[origin][dns.rdatatype.SOA]
+        negative_soa = soa.copy()
+        negative_soa.ttl = min(soa.ttl, soa[0].minimum)
+        return cls(
+            origin=origin,
+            path=path,
+            zone=zone,
+            rrsets=rrsets,
+            names=frozenset(names),
+            cuts=frozenset(cuts),
+            soa=soa,
+            negative_soa=negative_soa,
+        )
+
+
+def origin_from_file_name(path: Path) -> dns.name.Name:
+    """Derives a zone origin from a file name: ``example.com.zone`` -> ``example.com.``.
+
+    Args:
+        path: the zone file.
+
+    Returns:
+        The absolute origin name.
+    """
+    stem = path.name.removesuffix(".zone")
+    return dns.name.from_text(stem)
+
+
+def _has_leading_origin(text: str) -> bool:
+    """Whether the first directive or record of a master file is ``$ORIGIN``."""
+    for raw in text.splitlines():
+        line = raw.split(";", 1)[0].strip()
+        if not line:
+            continue
+        if _ORIGIN_DIRECTIVE.match(line):
+            return True
+        if not line.upper().startswith("$TTL"):
+            return False
+    return False
+
+
+def _zone_load_error(path: Path, exc: Exception) -> ZoneLoadError:
+    """Turns a dnspython exception into a ZoneLoadError, extracting the line when given."""
+    message = str(exc) or type(exc).__name__
+    match = _LINE_IN_MESSAGE.search(message)
+    if match:
+        return ZoneLoadError(str(path), int(match.group(1)), match.group(2))
+    return ZoneLoadError(str(path), None, message)
+
+
+def load_zone_file(path: Path) -> LoadedZone:
+    """Reads and indexes one zone file.
+
+    Args:
+        path: a master-format file.
+
+    Returns:
+        The zone.
+
+    Raises:
+        ZoneLoadError: the file cannot be read, does not parse, or lacks an apex SOA or NS.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZoneLoadError(str(path), None, f"cannot read: {exc}") from exc
+    try:
+        origin = None if _has_leading_origin(text) else origin_from_file_name(path)
+        zone = dns.zone.from_text(
+            text,
+            origin=origin,
+            relativize=False,
+            filename=str(path),
+            allow_include=False,  # a zone directory is self-contained
+        )
+    except (dns.exception.DNSException, ValueError) as exc:
+        raise _zone_load_error(path, exc) from exc
+    return LoadedZone.from_zone(zone, path)
+
+
+def zone_files(directory: Path) -> list[Path]:
+    """Lists the candidate zone files of a directory in name order.
+
+    Hidden files, editor backups and sub-directories are skipped.
+
+    Args:
+        directory: the zone directory.
+
+    Returns:
+        The files to load.
+
+    Raises:
+        ZoneLoadError: the directory cannot be listed.
+    """
+    try:
+        entries = sorted(directory.iterdir())
+    except OSError as exc:
+        raise ZoneLoadError(str(directory), None, f"cannot list: {exc}") from exc
+    return [
+        entry
+        for entry in entries
+        if entry.is_file()
+        and not entry.name.startswith(".")
+        and not entry.name.endswith(_SKIPPED_SUFFIXES)
+    ]
+
+
+def load_zones(
+    directory: Path,
+) -> tuple[dict[dns.name.Name, LoadedZone], list[ZoneLoadError]]:
+    """Loads every zone file of a directory.
+
+    A file that fails does not stop the others; two files for the same origin keep the first
+    (in name order) and report the second.
+
+    Args:
+        directory: the zone directory.
+
+    Returns:
+        The zones that loaded, by origin, and one error per file that did not.
+
+    Raises:
+        ZoneLoadError: the directory itself cannot be listed.
+    """
+    zones: dict[dns.name.Name, LoadedZone] = {}
+    errors: list[ZoneLoadError] = []
+    for path in zone_files(directory):
+        try:
+            zone = load_zone_file(path)
+        except ZoneLoadError as exc:
+            log.warning("zone not loaded: %s", exc)
+            errors.append(exc)
+            continue
+        if zone.origin in zones:
+            other = zones[zone.origin].path
+            errors.append(ZoneLoadError(str(path), None, f"{zone.origin} already in {other}"))
+            continue
+        log.info("zone %s serial %d from %s", zone.origin, zone.serial, path)
+        zones[zone.origin] = zone
+    return zones, errors
