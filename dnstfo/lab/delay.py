@@ -1,0 +1,526 @@
+"""The delay line: a relay process between two TUN devices that delays, loses and edits packets.
+
+Theory of operation
+-------------------
+``tc netem`` is not available everywhere (not on the machine this was built on), so delay is
+made in user space. The relay is its own process (``python -m dnstfo.lab.delay``), so the
+caller's GIL, garbage collector and test code never stall a packet.
+
+1. Start-up. The relay enters the client namespace (``setns``) and opens ``/dev/net/tun``
+   there, then does the same in the server namespace. A TUN device lives in the namespace
+   where it was created, and the file descriptor keeps working after the process moves on,
+   so both devices exist only inside the lab and vanish when the relay exits. The relay
+   reports ``ready`` on its control socket; the parent then gives the devices point-to-point
+   addresses with netlink (client 198.18.0.1, server 198.18.0.2, RFC 2544 benchmarking
+   range; fd00:d7f0::1 and ::2 for IPv6) and brings them up.
+
+2. Each packet read from one device is parsed (``packet.py``), logged, and judged in this
+   order: a middlebox fault may drop it or strip its TFO option (fixing the checksum); then
+   random loss (seeded RNG) may drop it. A surviving packet is scheduled on a heap at
+   ``now + one-way delay + jitter`` (monotonic nanoseconds). Jitter never reorders a
+   direction: a packet is never due before the previous one in the same direction, as on a
+   single link.
+
+3. The loop sleeps in ``select`` until the earliest due time or the next readable device,
+   then writes every packet that is due. The timer slack is set to 1 µs (``PR_SET_TIMERSLACK``)
+   so the wake-up is not rounded up by the scheduler; the log keeps both the read time and
+   the write time of every packet, so the accuracy is measured rather than assumed.
+
+4. Control: newline-delimited JSON over a Unix socket pair: ``packets`` (the log),
+   ``clear``, ``configure`` (new delay, loss or faults on the fly) and ``stop``. End of file on
+   the control socket (the parent died) also stops the relay.
+
+Faults model middleboxes seen in the wild (RFC 7413 §7, and the PATHspider TFO study):
+``drop-syn-data`` drops SYNs that carry payload, ``drop-syn-tfo`` drops SYNs with a TFO
+option, ``strip-tfo-syn`` / ``strip-tfo-synack`` overwrite the TFO option with NOPs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import enum
+import fcntl
+import heapq
+import json
+import logging
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dnstfo.errors import LabError
+from dnstfo.lab import packet
+from dnstfo.lab.packet import TcpFlags
+
+log = logging.getLogger(__name__)
+
+TUN_NAME = "dtfo0"
+"""Name of the TUN device in both namespaces (each namespace has its own)."""
+
+CLIENT_V4, SERVER_V4 = "198.18.0.1", "198.18.0.2"
+CLIENT_V6, SERVER_V6 = "fd00:d7f0::1", "fd00:d7f0::2"
+
+_TUNSETIFF = 0x400454CA
+_IFF_TUN = 0x0001
+_IFF_NO_PI = 0x1000
+_PR_SET_TIMERSLACK = 29
+_LOG_LIMIT = 200_000  # records kept; older ones are forgotten
+
+
+class Fault(enum.Enum):
+    """A middlebox misbehaviour the delay line can play."""
+
+    DROP_SYN_DATA = "drop-syn-data"
+    """Drop SYNs that carry payload."""
+    STRIP_TFO_SYN = "strip-tfo-syn"
+    """Overwrite the TFO option in SYNs with NOPs."""
+    STRIP_TFO_SYNACK = "strip-tfo-synack"
+    """Overwrite the TFO option in SYN-ACKs with NOPs."""
+    DROP_SYN_TFO = "drop-syn-tfo"
+    """Drop SYNs that carry a TFO option."""
+
+
+class Direction(enum.Enum):
+    """Which way a packet travels."""
+
+    C2S = "c2s"
+    """Client to server."""
+    S2C = "s2c"
+    """Server to client."""
+
+
+class Action(enum.Enum):
+    """What the delay line did with a packet."""
+
+    FORWARDED = "forwarded"
+    """Passed on unchanged after the delay."""
+    STRIPPED = "stripped"
+    """Passed on after the delay with its TFO option overwritten."""
+    DROPPED = "dropped"
+    """Dropped by a fault."""
+    LOST = "lost"
+    """Dropped by random loss."""
+
+
+@dataclass(frozen=True, slots=True)
+class DelayConfig:
+    """How the delay line treats packets. Change it with ``dataclasses.replace``."""
+
+    c2s_delay_ms: float = 0.0
+    """One-way delay from client to server."""
+    s2c_delay_ms: float = 0.0
+    """One-way delay from server to client."""
+    jitter_ms: float = 0.0
+    """Each packet's delay varies uniformly by up to this much either way (never below 0)."""
+    loss: float = 0.0
+    """Probability (0..1) that a packet is lost, per packet and direction."""
+    faults: frozenset[Fault] = field(default_factory=frozenset)
+    """Middlebox faults to play."""
+    seed: int = 0
+    """Seed of the RNG behind jitter and loss."""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (for the relay process)."""
+        data = asdict(self)
+        data["faults"] = sorted(f.value for f in self.faults)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DelayConfig:
+        """The inverse of :meth:`to_json`."""
+        return cls(**{**data, "faults": frozenset(Fault(f) for f in data["faults"])})
+
+
+@dataclass(frozen=True, slots=True)
+class PacketRecord:
+    """One packet as the delay line saw it: the tests' ground truth."""
+
+    index: int
+    """Running number since the relay started (survives :meth:`DelayLine.clear`)."""
+    direction: Direction
+    """Which way it went."""
+    received_ns: int
+    """Monotonic time it was read from the TUN device."""
+    sent_ns: int | None
+    """Monotonic time it was written to the other device (None: dropped or not yet sent)."""
+    action: Action
+    """What the delay line did with it."""
+    version: int
+    """IP version (4 or 6)."""
+    size: int
+    """IP packet length in bytes."""
+    tcp: bool
+    """True for TCP segments; the fields below are meaningful only then."""
+    sport: int
+    """TCP source port."""
+    dport: int
+    """TCP destination port."""
+    flags: TcpFlags
+    """TCP flags."""
+    tfo_option: bool
+    """The segment carried a TFO option (before any stripping)."""
+    cookie_len: int | None
+    """Cookie length in that option (0: cookie request); None without an option."""
+    payload_len: int
+    """Bytes of TCP payload."""
+
+    @property
+    def is_syn(self) -> bool:
+        """A connection-opening SYN (not a SYN-ACK)."""
+        return self.tcp and TcpFlags.SYN in self.flags and TcpFlags.ACK not in self.flags
+
+    @property
+    def is_synack(self) -> bool:
+        """A SYN-ACK."""
+        return self.tcp and TcpFlags.SYN in self.flags and TcpFlags.ACK in self.flags
+
+    @property
+    def delay_ms(self) -> float | None:
+        """Time spent inside the delay line, in milliseconds (None: never sent)."""
+        return None if self.sent_ns is None else (self.sent_ns - self.received_ns) / 1e6
+
+    def describe(self) -> str:
+        """One line in the spirit of tcpdump, for logs and failure messages."""
+        if not self.tcp:
+            return f"#{self.index} {self.direction.value} ipv{self.version} {self.size}B"
+        tfo = "" if self.cookie_len is None else f" tfo(cookie {self.cookie_len})"
+        return (
+            f"#{self.index} {self.direction.value} {self.sport}>{self.dport} "
+            f"[{self.flags.short()}]{tfo} len {self.payload_len} {self.action.value}"
+        )
+
+
+class DelayLine:
+    """Handle on a running relay process; made by :func:`delay_line`.
+
+    Attributes:
+        config: the configuration the relay currently applies.
+    """
+
+    def __init__(self, proc: subprocess.Popen[bytes], control: socket.socket, config: DelayConfig):
+        self.config = config
+        self._proc = proc
+        self._control = control
+        self._buffer = b""
+        self._owner = os.getpid()
+
+    @property
+    def pid(self) -> int:
+        """The relay's process id."""
+        return self._proc.pid
+
+    def packets(self) -> list[PacketRecord]:
+        """Returns the packet log since the start or the last :meth:`clear`, oldest first."""
+        reply = self._request({"op": "packets"})
+        return [_record_from_json(item) for item in reply["packets"]]
+
+    def clear(self) -> None:
+        """Forgets the packet log (record indexes keep counting)."""
+        self._request({"op": "clear"})
+
+    def configure(self, config: DelayConfig) -> None:
+        """Applies a new configuration; packets already in flight keep their due time."""
+        self._request({"op": "configure", "config": config.to_json()})
+        self.config = config
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stops the relay (its TUN devices vanish with it) and reaps it."""
+        if self._proc.returncode is not None or os.getpid() != self._owner:
+            return
+        with contextlib.suppress(OSError):
+            self._control.sendall(b'{"op": "stop"}\n')
+        self._control.close()
+        try:
+            self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("delay line %d did not stop; killing it", self._proc.pid)
+            self._proc.kill()
+            self._proc.wait()
+
+    def _request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+        if self._proc.poll() is not None:
+            raise LabError(f"the delay line has exited (status {self._proc.returncode})")
+        self._control.sendall(json.dumps(message).encode() + b"\n")
+        reply = self._read_message(timeout)
+        if "error" in reply:
+            raise LabError(f"delay line: {reply['error']}")
+        return reply
+
+    def _read_message(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            readable, _, _ = select.select([self._control], [], [], max(remaining, 0))
+            if not readable:
+                raise LabError(f"the delay line did not answer within {timeout:g} s")
+            chunk = self._control.recv(1 << 20)
+            if not chunk:
+                raise LabError("the delay line closed its control socket")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+
+@contextlib.contextmanager
+def delay_line(
+    client_ns: Path, server_ns: Path, config: DelayConfig, *, start_timeout: float = 5.0
+) -> Iterator[DelayLine]:
+    """Starts the relay between two namespaces, yields its handle, and always stops it.
+
+    The TUN devices are up but have no addresses yet: :mod:`dnstfo.lab.topology` adds them.
+
+    Args:
+        client_ns: the client namespace file (``/run/netns/NAME``).
+        server_ns: the server namespace file.
+        config: delay, loss and faults to start with.
+        start_timeout: seconds to wait for the relay to report ready.
+
+    Yields:
+        The running delay line.
+
+    Raises:
+        LabError: the relay could not start.
+    """
+    parent_end, child_end = socket.socketpair()
+    argv = [
+        sys.executable,
+        "-m",
+        "dnstfo.lab.delay",
+        str(child_end.fileno()),
+        str(client_ns),
+        str(server_ns),
+        json.dumps(config.to_json()),
+    ]
+    proc = subprocess.Popen(argv, pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
+    child_end.close()
+    line = DelayLine(proc, parent_end, config)
+    try:
+        hello = line._read_message(start_timeout)
+        if "error" in hello:
+            raise LabError(f"delay line failed to start: {hello['error']}")
+        log.debug("delay line %d ready: %s", proc.pid, config)
+        yield line
+    finally:
+        line.stop()
+        parent_end.close()
+
+
+def _record_from_json(item: list[Any]) -> PacketRecord:
+    (index, direction, received, sent, action, version, size, tcp, sport, dport, flags, tfo,
+     cookie_len, payload_len) = item  # fmt: skip
+    return PacketRecord(
+        index=index,
+        direction=Direction(direction),
+        received_ns=received,
+        sent_ns=sent,
+        action=Action(action),
+        version=version,
+        size=size,
+        tcp=tcp,
+        sport=sport,
+        dport=dport,
+        flags=TcpFlags(flags),
+        tfo_option=tfo,
+        cookie_len=cookie_len,
+        payload_len=payload_len,
+    )
+
+
+# --- the relay process ---------------------------------------------------------------------
+
+
+def open_tun(name: str) -> int:
+    """Opens a TUN device (IP packets, no packet-info header) in the current namespace.
+
+    Returns:
+        A non-blocking file descriptor; the device lives as long as it is open.
+    """
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    ifreq = struct.pack("16sH22x", name.encode(), _IFF_TUN | _IFF_NO_PI)
+    fcntl.ioctl(fd, _TUNSETIFF, ifreq)
+    return fd
+
+
+class _Relay:
+    """The relay loop; runs in its own process (see the theory of operation above)."""
+
+    def __init__(self, control: socket.socket, fds: dict[Direction, int], config: DelayConfig):
+        self.control = control
+        self.inbound = fds  # direction -> the fd its packets are read from
+        self.outbound = {Direction.C2S: fds[Direction.S2C], Direction.S2C: fds[Direction.C2S]}
+        self.config = config
+        self.rng = random.Random(config.seed)
+        self.heap: list[tuple[int, int, Direction, bytes]] = []
+        self.last_due = dict.fromkeys(Direction, 0)
+        self.records: deque[list[Any]] = deque(maxlen=_LOG_LIMIT)
+        self.by_index: dict[int, list[Any]] = {}  # records still waiting in the heap
+        self.count = 0
+        self.buffer = b""
+
+    def run(self) -> None:
+        fd_direction = {fd: d for d, fd in self.inbound.items()}
+        while True:
+            timeout = None
+            if self.heap:
+                timeout = max(0, self.heap[0][0] - time.monotonic_ns()) / 1e9
+            readable, _, _ = select.select([self.control, *fd_direction], [], [], timeout)
+            for fd in readable:
+                if fd is self.control:
+                    if not self.handle_control():
+                        return
+                else:
+                    self.drain(fd, fd_direction[fd])
+            self.send_due()
+
+    def drain(self, fd: int, direction: Direction) -> None:
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except BlockingIOError:
+                return
+            self.receive(data, direction, time.monotonic_ns())
+
+    def receive(self, data: bytes, direction: Direction, now: int) -> None:
+        segment = packet.parse(data)
+        action = self.judge(segment)
+        if action is Action.STRIPPED and segment is not None:
+            data = packet.strip_tfo(data, segment)
+        if action in (Action.FORWARDED, Action.STRIPPED) and self.rng.random() < self.config.loss:
+            action = Action.LOST
+        record = [
+            self.count,
+            direction.value,
+            now,
+            None,
+            action.value,
+            data[0] >> 4,
+            len(data),
+            segment is not None,
+            segment.sport if segment else 0,
+            segment.dport if segment else 0,
+            int(segment.flags) if segment else 0,
+            bool(segment and segment.tfo),
+            segment.tfo.cookie_len if segment and segment.tfo else None,
+            segment.payload_len if segment else 0,
+        ]
+        self.records.append(record)
+        if action in (Action.FORWARDED, Action.STRIPPED):
+            due = max(now + self.delay_ns(direction), self.last_due[direction])
+            self.last_due[direction] = due
+            heapq.heappush(self.heap, (due, self.count, direction, data))
+            self.by_index[self.count] = record
+        self.count += 1
+
+    def judge(self, segment: packet.TcpSegment | None) -> Action:
+        faults = self.config.faults
+        if segment is None or not faults:
+            return Action.FORWARDED
+        if segment.is_syn:
+            if Fault.DROP_SYN_DATA in faults and segment.payload_len > 0:
+                return Action.DROPPED
+            if Fault.DROP_SYN_TFO in faults and segment.tfo is not None:
+                return Action.DROPPED
+            if Fault.STRIP_TFO_SYN in faults and segment.tfo is not None:
+                return Action.STRIPPED
+        if segment.is_synack and Fault.STRIP_TFO_SYNACK in faults and segment.tfo is not None:
+            return Action.STRIPPED
+        return Action.FORWARDED
+
+    def delay_ns(self, direction: Direction) -> int:
+        c = self.config
+        base = c.c2s_delay_ms if direction is Direction.C2S else c.s2c_delay_ms
+        if c.jitter_ms:
+            base += self.rng.uniform(-c.jitter_ms, c.jitter_ms)
+        return round(max(base, 0.0) * 1e6)
+
+    def send_due(self) -> None:
+        while self.heap and self.heap[0][0] <= time.monotonic_ns():
+            _, index, direction, data = heapq.heappop(self.heap)
+            try:
+                os.write(self.outbound[direction], data)
+            except OSError as exc:  # a full device queue is a loss, as on a real link
+                log.debug("write failed for packet %d: %s", index, exc)
+                continue
+            record = self.by_index.pop(index)
+            record[3] = time.monotonic_ns()
+
+    def handle_control(self) -> bool:
+        """Serves control requests; returns False when the relay should stop."""
+        chunk = self.control.recv(65536)
+        if not chunk:
+            return False
+        self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, _, self.buffer = self.buffer.partition(b"\n")
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "stop":
+                return False
+            if op == "packets":
+                reply: dict[str, Any] = {"packets": list(self.records)}
+            elif op == "clear":
+                self.records.clear()
+                reply = {"ok": True}
+            elif op == "configure":
+                self.config = DelayConfig.from_json(message["config"])
+                self.rng = random.Random(self.config.seed)
+                reply = {"ok": True}
+            else:
+                reply = {"error": f"unknown op {op!r}"}
+            self.control.sendall(json.dumps(reply).encode() + b"\n")
+        return True
+
+
+def _raise_priority() -> None:
+    """Lets the relay preempt the lab's other processes when a packet is due.
+
+    On a machine with few cores, a forked client or a busy test otherwise delays the wake-up
+    by milliseconds. The relay blocks in ``select`` between packets, so a real-time priority
+    cannot starve anything; without the privilege it runs at normal priority.
+    """
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except (OSError, AttributeError) as exc:
+        log.debug("relay keeps normal priority: %s", exc)
+
+
+def _relay_main(argv: list[str]) -> int:
+    # Ctrl-C reaches the whole process group; the parent decides when the relay stops
+    # (it closes the control socket), so the lab is torn down in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    control = socket.socket(fileno=int(argv[0]))
+    client_ns, server_ns, config = argv[1], argv[2], DelayConfig.from_json(json.loads(argv[3]))
+    from dnstfo.lab.netns import setns
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 µs: wake up on time
+        _raise_priority()
+        setns(client_ns)
+        client_fd = open_tun(TUN_NAME)
+        setns(server_ns)
+        server_fd = open_tun(TUN_NAME)
+    except Exception as exc:
+        control.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
+        return 1
+    control.sendall(b'{"ready": true}\n')
+    relay = _Relay(control, {Direction.C2S: client_fd, Direction.S2C: server_fd}, config)
+    relay.run()
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    sys.exit(_relay_main(sys.argv[1:]))

@@ -1,0 +1,441 @@
+"""Network namespaces for the lab, as context managers.
+
+Each namespace gets a unique name with the ``dtfo`` prefix (``dtfo-c-1a2b3c``), its loopback
+up and its own TFO sysctls, and is removed when the ``with`` block ends, also on an exception,
+Ctrl-C or SIGTERM (see :func:`signals_as_exceptions`).
+
+Three ways to act inside a namespace, from cheapest to most isolated:
+
+- :meth:`Namespace.in_thread`: a short-lived thread switches itself into the namespace
+  (``setns`` acts on the calling thread only) and calls a function there. Use it to *make*
+  sockets: a socket keeps the namespace it was created in, so the caller can then use it
+  from anywhere. Not for ``/proc/self/net``, which follows the main thread.
+- :meth:`Namespace.run`: a forked child enters the namespace, calls a picklable function
+  and sends back its return value or exception. Everything in the child (``/proc/self/net``,
+  netlink sockets, timing) belongs to the namespace and is undisturbed by the caller's GIL.
+- :meth:`Namespace.spawn`: a forked child that keeps running (a server) until stopped.
+
+``pyroute2`` creates and removes the namespaces and brings the loopback up; ``setns`` is
+called through ctypes because Python 3.11 has no ``os.setns``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import pickle
+import secrets
+import select
+import signal
+import subprocess
+import threading
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from dnstfo.errors import LabError, PermissionNeeded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PREFIX = "dtfo"
+"""Every lab namespace name starts with this, so leftovers are easy to find."""
+
+NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+
+DEFAULT_SYSCTLS: dict[str, str] = {
+    # No global "TFO blackhole" back-off: a lab fault must not switch TFO off for the next test.
+    "net.ipv4.tcp_fastopen_blackhole_timeout_sec": "0",
+}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def setns(path: str | os.PathLike[str]) -> None:
+    """Moves the calling thread into the network namespace at ``path``.
+
+    Args:
+        path: a namespace file (``/run/netns/NAME`` or ``/proc/PID/ns/net``).
+
+    Raises:
+        LabError: the kernel refused (needs CAP_SYS_ADMIN).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise LabError(f"setns({path}) failed: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def lab_namespaces() -> list[str]:
+    """Returns the names of existing namespaces made by the lab (``dtfo`` prefix)."""
+    from pyroute2 import netns
+
+    return sorted(n for n in netns.listnetns() if n.startswith(PREFIX))
+
+
+def check_privileges() -> None:
+    """Raises when this process cannot build a lab.
+
+    Raises:
+        PermissionNeeded: not root, or no ``/dev/net/tun``.
+    """
+    if os.geteuid() != 0:
+        raise PermissionNeeded("the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN): run it as root")
+    if not os.path.exists("/dev/net/tun"):
+        raise PermissionNeeded("the lab needs /dev/net/tun: load the tun module (modprobe tun)")
+
+
+class Namespace:
+    """A named network namespace made by the lab; use :func:`namespace` to get one.
+
+    Attributes:
+        name: the namespace name under ``/run/netns``.
+        path: the namespace file, for ``setns``.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.path = NETNS_DIR / name
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r})"
+
+    def in_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Calls ``fn`` in a fresh thread that has entered this namespace.
+
+        The thread ends afterwards, so the caller's own namespace is untouched. Sockets made
+        by ``fn`` stay in this namespace wherever they are used later.
+
+        Returns:
+            What ``fn`` returned (any object: nothing is pickled).
+
+        Raises:
+            Whatever ``fn`` raised.
+        """
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                setns(self.path)
+                box["value"] = fn(*args, **kwargs)
+            except BaseException as exc:
+                box["error"] = exc
+
+        thread = threading.Thread(target=target, name=f"in-{self.name}", daemon=True)
+        thread.start()
+        thread.join()
+        if "error" in box:
+            raise box["error"]
+        return box["value"]  # type: ignore[no-any-return]
+
+    def run(self, fn: Callable[..., T], *args: Any, timeout: float = 30.0, **kwargs: Any) -> T:
+        """Calls a picklable ``fn`` in a forked child inside this namespace.
+
+        Args:
+            fn: a module-level function; its return value must be picklable.
+            *args: its positional arguments.
+            timeout: seconds to wait before the child is killed.
+            **kwargs: its keyword arguments.
+
+        Returns:
+            What ``fn`` returned in the child.
+
+        Raises:
+            Whatever ``fn`` raised (with the child's traceback as a note).
+            LabError: the child timed out, died, or its result could not be read.
+        """
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: never returns
+            os.close(read_fd)
+            _child_run(self.path, write_fd, fn, args, kwargs)
+        os.close(write_fd)
+        child = ChildProcess(pid)
+        try:
+            data = _read_all(read_fd, timeout)
+        except TimeoutError:
+            raise LabError(f"{_name(fn)} in {self.name} took longer than {timeout:g} s") from None
+        finally:
+            os.close(read_fd)
+            child.stop(grace=1.0)
+        if not data:
+            raise LabError(f"{_name(fn)} in {self.name} died without a result ({child.status})")
+        ok, value = pickle.loads(data)
+        if ok:
+            return value  # type: ignore[no-any-return]
+        raise value
+
+    def spawn(self, fn: Callable[..., object], *args: Any, **kwargs: Any) -> ChildProcess:
+        """Starts ``fn`` in a forked child inside this namespace and returns at once.
+
+        The child inherits open file descriptors, so a listening socket made with
+        :meth:`in_thread` can be served there (the caller should then close its copy).
+
+        Returns:
+            The child; call :meth:`ChildProcess.stop` when done.
+        """
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                _reset_child_signals()
+                setns(self.path)
+                fn(*args, **kwargs)
+            except BaseException:
+                log.exception("%s in %s failed", _name(fn), self.name)
+                code = 1
+            finally:
+                os._exit(code)
+        return ChildProcess(pid)
+
+    def exec(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        """Runs a command inside this namespace (via ``ip netns exec``) and waits for it.
+
+        Args:
+            argv: the command and its arguments.
+            **kwargs: passed to :func:`subprocess.run` (default: capture text output, 30 s).
+
+        Returns:
+            The completed process; check ``returncode`` yourself.
+        """
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 30)
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], check=False, **kwargs)
+
+    def read_sysctl(self, name: str) -> str:
+        """Returns a sysctl's value as seen inside this namespace."""
+        return self.in_thread(_read_proc_sys, name)
+
+    def write_sysctls(self, values: dict[str, str]) -> None:
+        """Sets sysctls inside this namespace (``/proc/sys`` follows the writing thread)."""
+        self.in_thread(_write_proc_sys, values)
+
+
+class ChildProcess:
+    """A forked child we are responsible for reaping.
+
+    Args:
+        pid: its process id.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.status: int | None = None
+        self._pidfd = os.pidfd_open(pid)
+
+    @property
+    def alive(self) -> bool:
+        """True until the child has exited and been reaped."""
+        return self._reap(0.0) is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Waits up to ``timeout`` seconds for the child to exit; returns its wait status."""
+        return self._reap(timeout)
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Ends the child: SIGTERM, then SIGKILL after ``grace`` seconds; always reaps it."""
+        if self.status is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        if self._reap(grace) is None:
+            log.warning("child %d ignored SIGTERM; killing it", self.pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reap(None)
+
+    def _reap(self, timeout: float | None) -> int | None:
+        if self.status is not None:
+            return self.status
+        # The pidfd becomes readable when the child exits: no polling loop.
+        readable, _, _ = select.select([self._pidfd], [], [], timeout)
+        if not readable:
+            return None
+        _, status = os.waitpid(self.pid, 0)
+        self.status = status
+        os.close(self._pidfd)
+        return status
+
+
+@contextlib.contextmanager
+def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[Namespace]:
+    """Creates a namespace, yields it, and always removes it.
+
+    Args:
+        role: a short tag in the name (``c`` for client, ``s`` for server).
+        sysctls: values to set inside, on top of :data:`DEFAULT_SYSCTLS`
+            (e.g. ``{"net.ipv4.tcp_fastopen": "3"}``).
+
+    Yields:
+        The namespace, with the loopback up and the sysctls set.
+
+    Raises:
+        PermissionNeeded: not root.
+        LabError: the namespace could not be made.
+    """
+    from pyroute2 import IPRoute, netns
+
+    check_privileges()
+    name = f"{PREFIX}-{role}-{secrets.token_hex(3)}"
+    ns = Namespace(name)
+    with deferred_signals():
+        try:
+            netns.create(name)
+        except OSError as exc:
+            raise LabError(f"cannot create namespace {name}: {exc}") from exc
+        log.debug("created namespace %s", name)
+    owner = os.getpid()
+    try:
+        with IPRoute(netns=name) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        ns.write_sysctls({**DEFAULT_SYSCTLS, **(sysctls or {})})
+        yield ns
+    finally:
+        if os.getpid() == owner:  # never from a forked child that unwinds by mistake
+            with deferred_signals():
+                remove_namespace(name)
+
+
+def remove_namespace(name: str) -> None:
+    """Removes a lab namespace by name; missing ones are fine."""
+    from pyroute2 import netns
+
+    if not name.startswith(PREFIX):
+        raise LabError(f"refusing to remove {name!r}: not a lab namespace")
+    try:
+        netns.remove(name)
+        log.debug("removed namespace %s", name)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise LabError(f"cannot remove namespace {name}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def deferred_signals() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM until the block ends, then acts on them.
+
+    Wrap the steps that must not be cut in half (create and register a namespace, remove it).
+    Outside the main thread, signals cannot be caught and this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    owner = os.getpid()
+
+    def hold(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:  # a forked helper inherited this handler
+            os._exit(128 + signum)
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, hold) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in caught:
+            handler = previous[signal.Signals(signum)]
+            if callable(handler):
+                handler(signum, None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
+def signals_as_exceptions() -> Iterator[None]:
+    """Turns SIGTERM into ``KeyboardInterrupt`` for the block, so ``with`` blocks unwind.
+
+    Ctrl-C already raises ``KeyboardInterrupt``; without this, SIGTERM would end the process
+    without running any cleanup. Outside the main thread this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    owner = os.getpid()
+
+    def interrupt(signum: int, _frame: object) -> None:
+        if os.getpid() != owner:
+            # A forked helper (ours or pyroute2's) inherited this handler: it must die as a
+            # plain process would, not unwind the parent's ``with`` blocks a second time.
+            os._exit(128 + signum)
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _child_run(
+    path: Path, write_fd: int, fn: Callable[..., object], args: Any, kwargs: Any
+) -> None:
+    """The forked child of :meth:`Namespace.run`: enter, call, send the outcome, exit."""
+    code = 0
+    try:
+        _reset_child_signals()
+        try:
+            setns(path)
+            payload = pickle.dumps((True, fn(*args, **kwargs)))
+        except BaseException as exc:
+            exc.add_note(f"in the namespace child:\n{traceback.format_exc()}")
+            try:
+                payload = pickle.dumps((False, exc))
+            except Exception:
+                payload = pickle.dumps((False, LabError(f"{type(exc).__name__}: {exc}")))
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(payload)
+    except BaseException:
+        code = 1
+    finally:
+        os._exit(code)  # no atexit handlers, no parent finalizers in the child
+
+
+def _reset_child_signals() -> None:
+    # The parent's handlers (pytest's, ours) must not run in the child; die like a plain process.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def _read_all(fd: int, timeout: float) -> bytes:
+    """Reads ``fd`` until EOF, waiting at most ``timeout`` seconds in total."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        readable, _, _ = select.select([fd], [], [], remaining)
+        if not readable:
+            raise TimeoutError
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _read_proc_sys(name: str) -> str:
+    return Path("/proc/sys", *name.split(".")).read_text().strip()
+
+
+def _write_proc_sys(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        Path("/proc/sys", *name.split(".")).write_text(f"{value}\n")
+
+
+def _name(fn: Callable[..., object]) -> str:
+    return getattr(fn, "__qualname__", repr(fn))
