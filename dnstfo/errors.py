@@ -42,6 +42,9 @@ class KernelFeatureError(DnstfoError):
         self.what = what
         self.fix = fix
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return type(self), (self.what, self.fix)
+
 
 class PermissionNeeded(DnstfoError):
     """The operation needs root (CAP_NET_ADMIN); the message says which."""
@@ -56,11 +59,15 @@ class NetworkError(DnstfoError):
     """
 
     def __init__(self, message: str, errno: int | None = None) -> None:
+        self._message = message
         if errno is not None:
             name = _errno.errorcode.get(errno, str(errno))
-            message = f"{message}: {name}"
+            message = f"{message} ({name})"
         super().__init__(message)
         self.errno = errno
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), (self._message, self.errno)
 
     @classmethod
     def from_oserror(cls, doing: str, exc: OSError) -> NetworkError:
@@ -82,6 +89,9 @@ class PhaseTimeout(NetworkError):
         super().__init__(f"timed out after {seconds:g} s waiting for {phase}")
         self.phase = phase
         self.seconds = seconds
+
+    def __reduce__(self) -> tuple[type, tuple[str, float]]:
+        return type(self), (self.phase, self.seconds)
 
 
 class RemoteProtocolError(DnstfoError):
@@ -107,6 +117,9 @@ class ZoneLoadError(DnstfoError):
         self.path = path
         self.line = line
         self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, int | None, str]]:
+        return type(self), (self.path, self.line, self.reason)
 
 
 class LabError(DnstfoError):
