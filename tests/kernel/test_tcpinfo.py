@@ -53,13 +53,15 @@ def test_too_short_is_refused() -> None:
 
 @pytest.mark.linux
 def test_real_socket_reports_established_with_rtt() -> None:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        with socket.create_connection(server.getsockname()) as client:
-            peer, _ = server.accept()
-            with peer:
-                client.sendall(b"x")
-                assert peer.recv(1) == b"x"
-                info = tcp_info(client)
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        peer, _ = server.accept()
+        with peer:
+            client.sendall(b"x")
+            assert peer.recv(1) == b"x"
+            info = tcp_info(client)
     assert info.state is TcpState.ESTABLISHED
     assert not info.syn_data
     assert info.rtt_us > 0
