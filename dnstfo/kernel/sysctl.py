@@ -36,7 +36,7 @@ class TfoMode(enum.IntFlag):
 
     def describe(self) -> list[str]:
         """Returns each bit set, in words."""
-        return [f"{flag.name.lower()} (0x{flag.value:x})" for flag in TfoMode if flag in self]
+        return [f"{str(flag.name).lower()} (0x{flag.value:x})" for flag in TfoMode if flag in self]
 
 
 def _path(name: str) -> Path:
