@@ -172,6 +172,8 @@ class PacketRecord:
     """The segment carried a TFO option (before any stripping)."""
     cookie_len: int | None
     """Cookie length in that option (0: cookie request); None without an option."""
+    tfo_experimental: bool
+    """The option was the experimental kind 254 (magic 0xF989), not kind 34."""
     payload_len: int
     """Bytes of TCP payload."""
 
@@ -194,7 +196,10 @@ class PacketRecord:
         """One line in the spirit of tcpdump, for logs and failure messages."""
         if not self.tcp:
             return f"#{self.index} {self.direction.value} ipv{self.version} {self.size}B"
-        tfo = "" if self.cookie_len is None else f" tfo(cookie {self.cookie_len})"
+        tfo = ""
+        if self.cookie_len is not None:
+            kind = "exp-tfo" if self.tfo_experimental else "tfo"
+            tfo = f" {kind}(cookie {self.cookie_len})"
         return (
             f"#{self.index} {self.direction.value} {self.sport}>{self.dport} "
             f"[{self.flags.short()}]{tfo} len {self.payload_len} {self.action.value}"
@@ -319,7 +324,7 @@ def delay_line(
 
 def _record_from_json(item: list[Any]) -> PacketRecord:
     (index, direction, received, sent, action, version, size, tcp, sport, dport, flags, tfo,
-     cookie_len, payload_len) = item  # fmt: skip
+     cookie_len, experimental, payload_len) = item  # fmt: skip
     return PacketRecord(
         index=index,
         direction=Direction(direction),
@@ -334,6 +339,7 @@ def _record_from_json(item: list[Any]) -> PacketRecord:
         flags=TcpFlags(flags),
         tfo_option=tfo,
         cookie_len=cookie_len,
+        tfo_experimental=experimental,
         payload_len=payload_len,
     )
 
@@ -413,6 +419,7 @@ class _Relay:
             int(segment.flags) if segment else 0,
             bool(segment and segment.tfo),
             segment.tfo.cookie_len if segment and segment.tfo else None,
+            bool(segment and segment.tfo and segment.tfo.experimental),
             segment.payload_len if segment else 0,
         ]
         self.records.append(record)

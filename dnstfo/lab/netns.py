@@ -290,6 +290,8 @@ def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[N
     with deferred_signals():
         try:
             netns.create(name)
+        except PermissionError as exc:
+            raise PermissionNeeded(f"creating a namespace needs CAP_SYS_ADMIN: {exc}") from exc
         except OSError as exc:
             raise LabError(f"cannot create namespace {name}: {exc}") from exc
         log.debug("created namespace %s", name)
