@@ -1,0 +1,318 @@
+"""The exchange: one DNS query over one fresh TCP connection, with TFO when asked.
+
+Theory of operation (RFC 7766 §8, RFC 7413 §3, Linux ``tcp_sendmsg_fastopen``):
+
+1. Before: read the cookie cached for the server (tcp_metrics), the tcp_fastopen sysctl
+   and the TcpExt counters. None of this is timed.
+2. Open: a non-blocking socket. Length + query are one buffer, written once. With
+   ``sendto(MSG_FASTOPEN)`` the kernel puts it in the SYN when it holds a cookie and
+   returns its length; without a cookie it sends a SYN with a cookie request and fails
+   with EINPROGRESS having sent nothing, so the query follows the handshake. With
+   ``TCP_FASTOPEN_CONNECT`` ``connect()`` returns at once when a cookie is cached and the
+   first ``send`` plays the same part. When the client bit of the sysctl is off the
+   kernel says EOPNOTSUPP: we fall back to a plain connect and keep the reason.
+3. Wait until established (POLLOUT), send what the SYN did not carry, then read with the
+   wire ``FrameDecoder`` until one whole message; check its ID and question.
+4. After: TCP_INFO (SYN_DATA acked, ``fastopen_client_fail``, RTTs, retransmits) and the
+   cookie now cached.
+
+Deadlines are absolute on the injected monotonic clock; a phase that runs out raises
+``PhaseTimeout`` naming it (``connect``, ``first byte``, ``response``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import select
+import socket
+import time
+
+from dnstfo.client.config import QueryConfig, TfoMethod
+from dnstfo.client.message import build_query, parse_response
+from dnstfo.client.report import CookieChange, Fallback, TfoAfter, TfoBefore, Timings
+from dnstfo.client.result import QueryResult, TfoReport
+from dnstfo.client.verdict import judge
+from dnstfo.errors import (
+    DnstfoError,
+    KernelFeatureError,
+    NetworkError,
+    PhaseTimeout,
+    RemoteProtocolError,
+)
+from dnstfo.kernel import sysctl, tcp_metrics
+from dnstfo.kernel.sockets import client_socket, family_of, send_in_syn
+from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
+from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
+from dnstfo.wire.framing import FrameDecoder, frame
+
+log = logging.getLogger(__name__)
+
+_RECV_SIZE = 65536
+
+
+def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
+    """Sends one query and returns the checked response with its TFO report.
+
+    A try that times out is repeated, on a new connection, up to ``config.tries`` times.
+
+    Args:
+        config: what to ask, where, and how.
+        clock: the monotonic clock for timings and deadlines (tests inject one).
+
+    Returns:
+        The result; ``result.tfo.verdict.text`` says what TFO did.
+
+    Raises:
+        PhaseTimeout: every try ran out of time (the last phase is named).
+        NetworkError: the connection failed (refused, reset, unreachable; errno kept).
+        RemoteProtocolError: the server's bytes were not a matching DNS response.
+        UsageError: the query cannot be built (bad name, type or class).
+    """
+    clock = clock or MonotonicClock()
+    query = build_query(config)
+    wire = query.to_wire()
+    last: PhaseTimeout | None = None
+    for attempt in range(1, max(config.tries, 1) + 1):
+        try:
+            return _one_try(config, query, wire, clock, attempt)
+        except PhaseTimeout as exc:
+            log.info("try %d of %d: %s", attempt, config.tries, exc)
+            last = exc
+    assert last is not None
+    raise last
+
+
+def read_before(server: str, source: str | None) -> TfoBefore:
+    """Reads the host's TFO state for ``server`` (cookie, sysctl, blackhole)."""
+    try:
+        mode: int | None = int(sysctl.fastopen_mode())
+    except (DnstfoError, ValueError):
+        mode = None
+    try:
+        cookie = tcp_metrics.cookie_for(server, source)
+    except (DnstfoError, OSError) as exc:
+        log.debug("cannot read tcp_metrics: %s", exc)
+        cookie = None
+    return TfoBefore(
+        cookie=cookie,
+        client_enabled=mode is not None and bool(mode & sysctl.TfoMode.CLIENT),
+        sysctl=mode,
+        blackhole_timeout_s=sysctl.blackhole_timeout(),
+        blackhole_count=_blackhole_count(),
+    )
+
+
+def _blackhole_count() -> int:
+    try:
+        return sysctl.read_counters().blackhole
+    except OSError:
+        return 0
+
+
+class _Connection:
+    """One non-blocking TCP connection driven with poll against an absolute deadline."""
+
+    def __init__(self, sock: socket.socket, clock: Clock, deadline_ns: int, seconds: float):
+        self.sock = sock
+        self.clock = clock
+        self.deadline_ns = deadline_ns
+        self.seconds = seconds
+        self.poller = select.poll()
+        self.poller.register(sock, select.POLLIN)
+
+    def wait(self, events: int, phase: str) -> int:
+        """Waits until ``events`` (or an error) on the socket; raises at the deadline."""
+        self.poller.modify(self.sock, events)
+        while True:
+            left_ms = (self.deadline_ns - self.clock.now_ns()) / 1e6
+            if left_ms <= 0:
+                raise PhaseTimeout(phase, self.seconds)
+            ready = self.poller.poll(max(1, int(left_ms + 0.999)))
+            if ready:
+                return ready[0][1]
+
+    def check_error(self, doing: str) -> None:
+        """Raises the socket's pending error (SO_ERROR), if any, as a NetworkError."""
+        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            raise NetworkError.from_oserror(doing, OSError(err, os.strerror(err)))
+
+
+def _open(
+    config: QueryConfig, sock: socket.socket, data: bytes, addr: tuple[str, int]
+) -> tuple[int, Fallback, str | None]:
+    """Starts the connection; returns (bytes sent in the SYN, fallback, its reason)."""
+    doing = f"connecting to {addr[0]} port {addr[1]}"
+    if config.tfo is TfoMethod.SENDTO:
+        try:
+            return send_in_syn(sock, data, addr), Fallback.NONE, None
+        except BlockingIOError:
+            return 0, Fallback.NONE, None  # no cookie: the SYN asks for one
+        except KernelFeatureError as exc:
+            fallback, reason = Fallback.CLIENT_OFF, str(exc)
+    elif config.tfo is TfoMethod.CONNECT:
+        code = sock.connect_ex(addr)
+        if code == 0:  # deferred: the first write sends the SYN
+            try:
+                return sock.send(data), Fallback.NONE, None
+            except BlockingIOError:
+                return 0, Fallback.NONE, None
+            except OSError as exc:
+                raise NetworkError.from_oserror(doing, exc) from exc
+        if code != errno.EINPROGRESS:
+            raise NetworkError.from_oserror(doing, OSError(code, os.strerror(code)))
+        return 0, Fallback.NONE, None
+    else:
+        fallback, reason = Fallback.NONE, None
+    code = sock.connect_ex(addr)
+    if code not in (0, errno.EINPROGRESS):
+        raise NetworkError.from_oserror(doing, OSError(code, os.strerror(code)))
+    return 0, fallback, reason
+
+
+def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | None]:
+    family = family_of(config.server)
+    source = None if config.source is None else (config.source, 0)
+    if config.tfo is TfoMethod.CONNECT:
+        try:
+            sock = client_socket(
+                family, fastopen_connect=True, no_cookie=config.no_cookie, source=source
+            )
+            return sock, Fallback.NONE, None
+        except KernelFeatureError as exc:
+            fallback, reason = Fallback.FEATURE_MISSING, str(exc)
+        except NetworkError as exc:
+            if exc.errno != errno.EOPNOTSUPP:
+                raise
+            hint = sysctl.enable_hint(sysctl.TfoMode.CLIENT)
+            fallback = Fallback.CLIENT_OFF
+            reason = f"client TCP Fast Open is off in this namespace; enable it with: {hint}"
+        sock = client_socket(family, source=source)
+        return sock, fallback, reason
+    no_cookie = config.no_cookie and config.tfo_requested
+    return client_socket(family, no_cookie=no_cookie, source=source), Fallback.NONE, None
+
+
+def _one_try(
+    config: QueryConfig, query: object, wire: bytes, clock: Clock, attempt: int
+) -> QueryResult:
+    data = frame(wire)
+    addr = (config.server, config.port)
+    before = read_before(config.server, config.source)
+    wall = time.time()
+    started = clock.now_ns()
+    deadline = started + int(config.timeout * 1e9)
+    sock, fallback, reason = _make_socket(config)
+    with contextlib.closing(sock):
+        sock.setblocking(False)
+        conn = _Connection(sock, clock, deadline, config.timeout)
+        log.debug("connect.started %s port %d tfo=%s", *addr, config.tfo.value)
+        in_syn, open_fallback, open_reason = _open(config, sock, data, addr)
+        if open_fallback is not Fallback.NONE:
+            fallback, reason = open_fallback, open_reason
+        doing = f"connecting to {addr[0]} port {addr[1]}"
+        conn.wait(select.POLLOUT, "connect")
+        conn.check_error(doing)
+        connected = clock.now_ns()
+        at_connect = tcp_info(sock)
+        log.debug("connect.complete, %d bytes went in the SYN", in_syn)
+        _send_rest(conn, data, in_syn)
+        message, first_byte = _read_message(conn)
+        done = clock.now_ns()
+        info = tcp_info(sock)
+        local = sock.getsockname()[:2]
+    response = parse_response(query, message)  # type: ignore[arg-type]
+    after = _read_after(config, before, at_connect, info, local[0], in_syn, fallback, reason)
+    times = PhaseTimes(started, connected, first_byte, done)
+    timings = Timings.measure(
+        times.ms(connected), times.ms(first_byte), times.ms(done), info.rtt_us, info.min_rtt_us
+    )
+    verdict = judge(config.tfo_requested, config.no_cookie, before, after, timings)
+    log.debug("exchange.complete: %s", verdict.text)
+    report = TfoReport(
+        requested=config.tfo_requested,
+        method=config.tfo.value,
+        no_cookie=config.no_cookie,
+        before=before,
+        after=after,
+        timings=timings,
+        verdict=verdict,
+    )
+    return QueryResult(
+        config=config,
+        query=query,  # type: ignore[arg-type]
+        response=response,
+        query_size=len(wire),
+        response_size=len(message),
+        server=addr,
+        source=(local[0], local[1]),
+        times=times,
+        tcp_info=info,
+        tfo=report,
+        wall_time=wall,
+        tries=attempt,
+    )
+
+
+def _send_rest(conn: _Connection, data: bytes, sent: int) -> None:
+    view = memoryview(data)
+    while sent < len(data):
+        try:
+            sent += conn.sock.send(view[sent:])
+        except BlockingIOError:
+            conn.wait(select.POLLOUT, "connect")
+        except OSError as exc:
+            raise NetworkError.from_oserror("sending the query", exc) from exc
+
+
+def _read_message(conn: _Connection) -> tuple[bytes, int]:
+    """Reads until one whole DNS message; returns it and when its first byte came."""
+    decoder = FrameDecoder()
+    first_byte: int | None = None
+    while True:
+        conn.wait(select.POLLIN, "first byte" if first_byte is None else "response")
+        try:
+            chunk = conn.sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise NetworkError.from_oserror("reading the response", exc) from exc
+        if first_byte is None:
+            first_byte = conn.clock.now_ns()
+        if not chunk:
+            decoder.feed_eof()
+            raise RemoteProtocolError("the server closed the connection without answering")
+        messages = decoder.feed(chunk)
+        if messages:
+            return messages[0], first_byte
+
+
+def _read_after(
+    config: QueryConfig,
+    before: TfoBefore,
+    at_connect: TcpInfo,
+    info: TcpInfo,
+    local: str,
+    in_syn: int,
+    fallback: Fallback,
+    reason: str | None,
+) -> TfoAfter:
+    try:
+        cookie = tcp_metrics.cookie_for(config.server, local)
+    except (DnstfoError, OSError) as exc:
+        log.debug("cannot read tcp_metrics: %s", exc)
+        cookie = None
+    return TfoAfter(
+        attempted=in_syn > 0,
+        syn_data_acked=info.syn_data,
+        client_fail=info.fastopen_client_fail,
+        syn_retransmits=at_connect.total_retrans,
+        cookie=cookie,
+        cookie_change=CookieChange.between(before.cookie, cookie),
+        fallback=fallback,
+        fallback_reason=reason,
+        blackhole_delta=max(_blackhole_count() - before.blackhole_count, 0),
+    )

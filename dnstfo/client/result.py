@@ -1,0 +1,65 @@
+"""What one exchange returns: the response, the timings and the TFO report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dnstfo.client.config import QueryConfig
+from dnstfo.client.report import TfoAfter, TfoBefore, Timings
+from dnstfo.client.verdict import Verdict
+from dnstfo.kernel.tcpinfo import TcpInfo
+from dnstfo.timing import PhaseTimes
+
+if TYPE_CHECKING:
+    import dns.message
+
+
+@dataclass(frozen=True, slots=True)
+class TfoReport:
+    """Everything about TCP Fast Open for one exchange, and the verdict drawn from it."""
+
+    requested: bool
+    """Whether the query asked for TFO."""
+    method: str
+    """How TFO was asked for (``sendto``, ``connect``, ``off``)."""
+    no_cookie: bool
+    """Whether TCP_FASTOPEN_NO_COOKIE was set."""
+    before: TfoBefore
+    """The host's state before the connection."""
+    after: TfoAfter
+    """What the kernel did."""
+    timings: Timings
+    """Durations, path RTT and rounds."""
+    verdict: Verdict
+    """The judgement, a pure function of the fields above."""
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """One completed exchange."""
+
+    config: QueryConfig
+    """What was asked."""
+    query: dns.message.Message
+    """The query sent."""
+    response: dns.message.Message
+    """The response received (ID and question checked)."""
+    query_size: int
+    """Query size in bytes, without the two-byte length prefix."""
+    response_size: int
+    """Response size in bytes, without the length prefix."""
+    server: tuple[str, int]
+    """Server address and port the connection went to."""
+    source: tuple[str, int]
+    """Local address and port the connection used."""
+    times: PhaseTimes
+    """Milestones on the monotonic clock."""
+    tcp_info: TcpInfo
+    """TCP_INFO read after the response arrived."""
+    tfo: TfoReport
+    """The TFO report."""
+    wall_time: float
+    """Wall-clock time the exchange started (``time.time()``), for display only."""
+    tries: int
+    """How many tries it took (1 unless earlier tries timed out)."""
