@@ -1,0 +1,157 @@
+"""The server's configuration: frozen values built by the CLI (or a test) and passed down.
+
+Default limits (RFC 9210 §4.2 asks that each be configurable; the values are this
+project's choice, sized for a small authoritative server and documented in ``--help``):
+
+- idle timeout 10 s: RFC 7766 §6.2.3 asks for an idle timeout "on the order of seconds";
+- connection lifetime 120 s, 10 000 queries per connection: long enough for any
+  legitimate pipelined burst, short enough to rebalance clients;
+- 4096 connections in total, 256 per client address: a busy resolver behind one address
+  still fits, one client cannot take all connections.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnstfo.errors import UsageError
+from dnstfo.kernel.sockets import DEFAULT_TFO_QUEUE
+from dnstfo.wire.connection import NS_PER_S, ConnectionPolicy
+
+DEFAULT_PORT = 5353
+"""Unprivileged default port; use 53 as root."""
+DEFAULT_LISTEN = ("127.0.0.1", DEFAULT_PORT)
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class QueryLog(enum.Enum):
+    """How each query is logged (logger ``dnstfo.query``)."""
+
+    OFF = "off"
+    TEXT = "text"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """An address to listen on (TCP and UDP)."""
+
+    host: str
+    """A literal IPv4 or IPv6 address."""
+    port: int
+    """The port; 0 picks a free one (tests)."""
+
+    @classmethod
+    def parse(cls, text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
+        """Parses ``ADDR``, ``ADDR:PORT``, ``[V6]`` or ``[V6]:PORT``.
+
+        Raises:
+            UsageError: not an address, or a bad port.
+        """
+        host, port_text = text, ""
+        if text.startswith("["):
+            host, sep, rest = text[1:].partition("]")
+            if not sep or (rest and not rest.startswith(":")):
+                raise UsageError(f"bad listen address {text!r} (want [ADDR]:PORT)")
+            port_text = rest[1:]
+        elif text.count(":") == 1:
+            host, port_text = text.split(":")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError as exc:
+            raise UsageError(f"not an IP address: {host!r}") from exc
+        if not port_text:
+            return cls(host, default_port)
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise UsageError(f"bad port in {text!r}")
+        return cls(host, int(port_text))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Server-wide TCP limits (RFC 9210 §4.2) and the per-connection policy."""
+
+    max_connections: int = 4096
+    """TCP connections open at once, over all clients."""
+    max_per_client: int = 256
+    """TCP connections open at once from one client address."""
+    connection: ConnectionPolicy = field(default_factory=ConnectionPolicy)
+    """Idle timeout, lifetime and queries per connection."""
+
+    @classmethod
+    def from_seconds(
+        cls,
+        *,
+        max_connections: int = 4096,
+        max_per_client: int = 256,
+        idle_timeout: float = 10.0,
+        lifetime: float = 120.0,
+        max_queries: int = 10_000,
+    ) -> Limits:
+        """Builds limits from seconds (0 lifetime or queries: no limit)."""
+        if max_connections < 1 or max_per_client < 1:
+            raise UsageError("connection limits must be at least 1")
+        try:
+            policy = ConnectionPolicy(
+                idle_timeout_ns=round(idle_timeout * NS_PER_S),
+                lifetime_ns=round(lifetime * NS_PER_S),
+                max_queries=max_queries,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        return cls(max_connections, max_per_client, policy)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Everything ``dnstfo serve`` needs; change it with ``dataclasses.replace``."""
+
+    zone_dir: Path
+    """Directory of zone files (one zone per file)."""
+    listen: tuple[Endpoint, ...] = (Endpoint(*DEFAULT_LISTEN),)
+    """Addresses served over TCP and UDP."""
+    tfo_queue: int = DEFAULT_TFO_QUEUE
+    """TCP_FASTOPEN queue length of the listeners."""
+    tfo_key_file: Path | None = None
+    """Key file (kernel text form); None: the namespace's key, or one made for workers."""
+    workers: int = 1
+    """Processes sharing the port with SO_REUSEPORT."""
+    metrics: Endpoint | None = None
+    """Where to serve Prometheus metrics; None: not served."""
+    query_log: QueryLog = QueryLog.OFF
+    """Per-query log lines."""
+    axfr_allow: tuple[IPNetwork, ...] = ()
+    """Networks allowed to transfer zones (AXFR over TCP); empty: nobody."""
+    limits: Limits = field(default_factory=Limits)
+    """TCP limits."""
+    udp_payload: int = 1232
+    """Largest UDP response when the client's EDNS allows more (DNS flag day 2020)."""
+    reuseport: bool = False
+    """Set SO_REUSEPORT on the sockets (implied by workers > 1)."""
+
+    def __post_init__(self) -> None:
+        if not self.listen:
+            raise UsageError("at least one listen address is needed")
+        if self.workers < 1:
+            raise UsageError("--workers must be at least 1")
+        if self.tfo_queue < 1:
+            raise UsageError("--tfo-queue must be at least 1")
+
+
+def parse_network(text: str) -> IPNetwork:
+    """Parses an address or network (``192.0.2.0/24``, ``::1``).
+
+    Raises:
+        UsageError: not a network.
+    """
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise UsageError(f"not an address or network: {text!r}") from exc
