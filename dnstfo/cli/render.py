@@ -1,0 +1,380 @@
+"""Rendering of results as text (dig's layout plus a ``;; TFO`` block) or JSON.
+
+The only module that writes to stdout. The JSON field names are a stable interface,
+documented in docs/query-json.md: add fields, never rename them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import dns.message
+    import dns.rrset
+
+    from dnstfo.client.compare import Comparison
+    from dnstfo.client.result import QueryResult, TfoReport
+    from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
+
+JSON_VERSION = 1
+"""Version of the JSON shape; raised only for incompatible changes."""
+
+
+def out(text: str) -> None:
+    """Writes ``text`` and a newline to stdout."""
+    sys.stdout.write(text + "\n")
+
+
+def err(text: str) -> None:
+    """Writes one line to stderr."""
+    sys.stderr.write(text + "\n")
+
+
+# ---------------------------------------------------------------- dig-like text
+
+
+def _flags_text(message: dns.message.Message) -> str:
+    import dns.flags
+
+    order = ("QR", "AA", "TC", "RD", "RA", "AD", "CD")
+    names = dns.flags.to_text(message.flags).split()
+    return " ".join(f.lower() for f in order if f in names)
+
+
+def _rr_lines(rrset: dns.rrset.RRset, question: bool = False) -> list[str]:
+    import dns.rdataclass
+    import dns.rdatatype
+
+    name = rrset.name.to_text()
+    cls = dns.rdataclass.to_text(rrset.rdclass)
+    typ = dns.rdatatype.to_text(rrset.rdtype)
+    if question:
+        return [f";{name}\t\t{cls}\t{typ}"]
+    return [f"{name}\t\t{rrset.ttl}\t{cls}\t{typ}\t{rd.to_text()}" for rd in rrset]
+
+
+def _edns_lines(message: dns.message.Message) -> list[str]:
+    if message.edns < 0:
+        return []
+    flags = " do" if message.ednsflags & 0x8000 else ""
+    lines = [";; OPT PSEUDOSECTION:", f"; EDNS: version: {message.edns}, flags:{flags}; "
+             f"udp: {message.payload}"]  # fmt: skip
+    lines += [f"; {opt.otype!s}: {opt.to_text()}" for opt in message.options]
+    return lines
+
+
+def dig_text(result: QueryResult, server_name: str) -> str:
+    """The result in dig's layout, with the ``;; TFO`` block after the footer."""
+    import dns.opcode
+    import dns.rcode
+
+    r = result.response
+    c = result.config
+    lines = [
+        "",
+        f"; <<>> dnstfo query <<>> {c.qname} {c.rdtype} @{server_name} +tcp"
+        + ("" if c.tfo_requested else " +notfo"),
+        ";; Got answer:",
+        f";; ->>HEADER<<- opcode: {dns.opcode.to_text(r.opcode())}, "
+        f"status: {dns.rcode.to_text(r.rcode())}, id: {r.id}",
+        f";; flags: {_flags_text(r)}; QUERY: {len(r.question)}, ANSWER: "
+        f"{sum(len(s) for s in r.answer)}, AUTHORITY: {sum(len(s) for s in r.authority)}, "
+        f"ADDITIONAL: {sum(len(s) for s in r.additional) + (1 if r.edns >= 0 else 0)}",
+        "",
+    ]
+    lines += _edns_lines(r)
+    lines.append(";; QUESTION SECTION:")
+    for rrset in r.question:
+        lines += _rr_lines(rrset, question=True)
+    for title, section in (("ANSWER", r.answer), ("AUTHORITY", r.authority),
+                           ("ADDITIONAL", r.additional)):  # fmt: skip
+        if section:
+            lines += ["", f";; {title} SECTION:"]
+            for rrset in section:
+                lines += _rr_lines(rrset)
+    total = result.tfo.timings.total_ms or 0.0
+    host, port = result.server
+    lines += [
+        "",
+        f";; Query time: {total:.0f} msec",
+        f";; SERVER: {host}#{port}({server_name}) (TCP)",
+        f";; WHEN: {time.strftime('%a %b %d %H:%M:%S %Z %Y', time.localtime(result.wall_time))}",
+        f";; MSG SIZE  rcvd: {result.response_size}",
+        "",
+    ]
+    lines += tfo_block(result.tfo)
+    return "\n".join(lines)
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+def _cookie(cookie: bytes | None) -> str:
+    return "none" if cookie is None else f"{cookie.hex()} ({len(cookie)} bytes)"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms" if value >= 1 else f"{value:.3f} ms"
+
+
+def tfo_block(tfo: TfoReport) -> list[str]:
+    """The ``;; TFO`` block: verdict, state before, what happened, timings."""
+    b, a, t = tfo.before, tfo.after, tfo.timings
+    mode = (
+        "unreadable"
+        if b.sysctl is None
+        else f"{b.sysctl} (client bit {'on' if b.client_enabled else 'off'})"
+    )
+    hole = f"timeout {b.blackhole_timeout_s} s, count {b.blackhole_count}"
+    method = tfo.method + (" +nocookie" if tfo.no_cookie else "")
+    lines = [
+        f";; TFO: {tfo.verdict.text}",
+        f";;   before: cookie {_cookie(b.cookie)}; net.ipv4.tcp_fastopen={mode}; blackhole {hole}",
+        f";;   sent:   method {method}; query in the SYN: {_yes(a.attempted)}; "
+        f"SYN data acked: {_yes(a.syn_data_acked)}; client fail: {a.client_fail.name.lower()}; "
+        f"SYN retransmits: {a.syn_retransmits}",
+        f";;   after:  cookie {a.cookie_change.value}: {_cookie(a.cookie)}",
+        f";;   times:  handshake {_ms(t.handshake_ms)}, first byte {_ms(t.first_byte_ms)}, "
+        f"total {_ms(t.total_ms)}; RTT {_ms(t.rtt_ms)} (tcp_info min_rtt; srtt "
+        f"{_ms(t.tcpi_rtt_ms)}); rounds {'-' if t.rounds is None else f'{t.rounds:.1f}'}",
+    ]
+    if a.fallback_reason:
+        lines.append(f";;   fallback: {a.fallback.value}: {a.fallback_reason}")
+    if t.rtt_ms is not None and t.rtt_ms < 1:
+        lines.append(";;   note: the path RTT is under 1 ms: rounds measure host overhead here")
+    return lines
+
+
+def short_text(result: QueryResult) -> str:
+    """What ``dig +short`` prints: the answer's data, one record per line."""
+    return "\n".join(rd.to_text() for rrset in result.response.answer for rd in rrset)
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def _rr_json(rrset: dns.rrset.RRset) -> list[dict[str, Any]]:
+    import dns.rdataclass
+    import dns.rdatatype
+
+    typ = dns.rdatatype.to_text(rrset.rdtype)
+    base = {
+        "NAME": rrset.name.to_text(),
+        "TYPE": int(rrset.rdtype),
+        "TYPEname": typ,
+        "CLASS": int(rrset.rdclass),
+        "CLASSname": dns.rdataclass.to_text(rrset.rdclass),
+        "TTL": rrset.ttl,
+    }
+    return [
+        {**base, f"rdata{typ}": rd.to_text(), "RDATAHEX": rd.to_wire().hex().upper()}
+        for rd in rrset
+    ]
+
+
+def message_json(message: dns.message.Message) -> dict[str, Any]:
+    """A message as RFC 8427 members (header bits, counts, sections)."""
+    import dns.flags
+    import dns.rcode
+    import dns.rdataclass
+    import dns.rdatatype
+
+    f = message.flags
+    return {
+        "ID": message.id,
+        "QR": int(bool(f & dns.flags.QR)),
+        "Opcode": int(message.opcode()),
+        "AA": int(bool(f & dns.flags.AA)),
+        "TC": int(bool(f & dns.flags.TC)),
+        "RD": int(bool(f & dns.flags.RD)),
+        "RA": int(bool(f & dns.flags.RA)),
+        "AD": int(bool(f & dns.flags.AD)),
+        "CD": int(bool(f & dns.flags.CD)),
+        "RCODE": int(message.rcode()),
+        "RCODEname": dns.rcode.to_text(message.rcode()),
+        "QDCOUNT": len(message.question),
+        "ANCOUNT": sum(len(s) for s in message.answer),
+        "NSCOUNT": sum(len(s) for s in message.authority),
+        "ARCOUNT": sum(len(s) for s in message.additional) + (1 if message.edns >= 0 else 0),
+        "questionRRs": [
+            {
+                "NAME": q.name.to_text(),
+                "TYPE": int(q.rdtype),
+                "TYPEname": dns.rdatatype.to_text(q.rdtype),
+                "CLASS": int(q.rdclass),
+                "CLASSname": dns.rdataclass.to_text(q.rdclass),
+            }
+            for q in message.question
+        ],
+        "answerRRs": [rr for s in message.answer for rr in _rr_json(s)],
+        "authorityRRs": [rr for s in message.authority for rr in _rr_json(s)],
+        "additionalRRs": [rr for s in message.additional for rr in _rr_json(s)],
+        "EDNS": None if message.edns < 0 else {
+            "version": message.edns, "udpSize": message.payload,
+            "DO": bool(message.ednsflags & 0x8000),
+        },
+    }  # fmt: skip
+
+
+def tfo_json(tfo: TfoReport) -> dict[str, Any]:
+    """The TFO report as JSON members (names documented in docs/query-json.md)."""
+    b, a, t, v = tfo.before, tfo.after, tfo.timings, tfo.verdict
+    return {
+        "requested": tfo.requested,
+        "method": tfo.method,
+        "no_cookie": tfo.no_cookie,
+        "before": {
+            "cookie_hex": b.cookie_hex,
+            "cookie_len": None if b.cookie is None else len(b.cookie),
+            "sysctl_tcp_fastopen": b.sysctl,
+            "client_enabled": b.client_enabled,
+            "blackhole_timeout_s": b.blackhole_timeout_s,
+            "blackhole_count": b.blackhole_count,
+        },
+        "after": {
+            "syn_data_sent": a.attempted,
+            "syn_data_acked": a.syn_data_acked,
+            "client_fail": a.client_fail.name.lower(),
+            "syn_retransmits": a.syn_retransmits,
+            "cookie_hex": a.cookie_hex,
+            "cookie_len": None if a.cookie is None else len(a.cookie),
+            "cookie_change": a.cookie_change.value,
+            "fallback": a.fallback.value,
+            "fallback_reason": a.fallback_reason,
+            "blackhole_delta": a.blackhole_delta,
+        },
+        "timings": {
+            "handshake_ms": t.handshake_ms,
+            "first_byte_ms": t.first_byte_ms,
+            "total_ms": t.total_ms,
+            "tcpi_rtt_ms": t.tcpi_rtt_ms,
+            "tcpi_min_rtt_ms": t.tcpi_min_rtt_ms,
+            "rtt_ms": t.rtt_ms,
+            "rounds": t.rounds,
+        },
+        "verdict": {
+            "outcome": v.outcome.value,
+            "expected_rounds": v.expected_rounds,
+            "tfo_worked": v.tfo_worked,
+            "text": v.text,
+        },
+    }
+
+
+def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
+    """One query as one JSON object: the exchange, the response and the TFO report."""
+    c = result.config
+    return {
+        "version": JSON_VERSION,
+        "dateSeconds": result.wall_time,
+        "dateString": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.wall_time)),
+        "query": {
+            "qname": c.qname,
+            "qtype": c.rdtype,
+            "qclass": c.rdclass,
+            "dnssec": c.dnssec,
+            "recurse": c.recurse,
+            "msgsize": result.query_size,
+        },
+        "server": {
+            "name": server_name,
+            "address": result.server[0],
+            "port": result.server[1],
+            "transport": "tcp",
+        },
+        "source": {"address": result.source[0], "port": result.source[1]},
+        "tries": result.tries,
+        "response": {**message_json(result.response), "msgsize": result.response_size},
+        "tfo": tfo_json(result.tfo),
+    }
+
+
+def emit_json(value: Any) -> None:
+    """Writes one JSON object on one line."""
+    out(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+# ---------------------------------------------------------------- compare
+
+
+def compare_text(comparison: Comparison) -> str:
+    """The ``+compare`` table: one row per query, then the saving and the verdict."""
+    lines = [f"{'step':<10} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} cookie", "-" * 60]
+    for s in comparison.steps:
+        t, a = s.result.tfo.timings, s.result.tfo.after
+        rounds = "-" if t.rounds is None else f"{t.rounds:.1f}"
+        lines.append(
+            f"{s.step.value:<10} {rounds:>6} {t.total_ms or 0:9.1f}  {_yes(a.attempted):<6} "
+            f"{_yes(a.syn_data_acked):<5} {a.cookie_change.value}"
+        )
+    lines.append("-" * 60)
+    if comparison.cookie_note:
+        lines.append(f"note: {comparison.cookie_note}")
+    rounds = ""
+    if comparison.baseline_rounds is not None and comparison.tfo_rounds is not None:
+        rounds = f" ({comparison.baseline_rounds:.1f} -> {comparison.tfo_rounds:.1f} rounds)"
+    lines.append(
+        f"saving: {comparison.saving_ms:.1f} ms per query{rounds}: plain TCP "
+        f"{comparison.baseline_ms:.1f} ms, TFO median {comparison.tfo_ms:.1f} ms"
+    )
+    lines.append(("TFO works: " if comparison.worked else "") + comparison.reason)
+    return "\n".join(lines)
+
+
+def compare_json(comparison: Comparison, server_name: str) -> dict[str, Any]:
+    """The comparison as one JSON object."""
+    return {
+        "version": JSON_VERSION,
+        "steps": [
+            {"step": s.step.name.lower(), **result_json(s.result, server_name)}
+            for s in comparison.steps
+        ],
+        "cookie_deleted": comparison.cookie_deleted,
+        "cookie_note": comparison.cookie_note,
+        "baseline_ms": comparison.baseline_ms,
+        "tfo_ms": comparison.tfo_ms,
+        "saving_ms": comparison.saving_ms,
+        "baseline_rounds": comparison.baseline_rounds,
+        "tfo_rounds": comparison.tfo_rounds,
+        "tfo_worked": comparison.worked,
+        "failure": None if comparison.failure is None else comparison.failure.value,
+        "reason": comparison.reason,
+    }
+
+
+# ---------------------------------------------------------------- cookies
+
+
+def cookies_text(entries: list[TcpMetricsEntry]) -> str:
+    """The cookie cache as a table (every entry, with or without a cookie)."""
+    if not entries:
+        return "no entries in the TCP metrics cache"
+    lines = [f"{'server':<40} {'source':<40} {'cookie':<34} {'age':>8} syn drops"]
+    for e in entries:
+        cookie = "-" if e.cookie is None else e.cookie.hex()
+        age = "-" if e.age_ms is None else f"{e.age_ms / 1000:.1f}s"
+        lines.append(
+            f"{e.daddr:<40} {e.saddr or '-':<40} {cookie:<34} {age:>8} {e.fo_syn_drops or 0}"
+        )
+    return "\n".join(lines)
+
+
+def cookies_json(entries: list[TcpMetricsEntry]) -> list[dict[str, Any]]:
+    """The cookie cache as JSON objects."""
+    return [
+        {
+            "server": e.daddr,
+            "source": e.saddr,
+            "cookie_hex": None if e.cookie is None else e.cookie.hex(),
+            "cookie_len": None if e.cookie is None else len(e.cookie),
+            "age_ms": e.age_ms,
+            "fo_mss": e.fo_mss,
+            "fo_syn_drops": e.fo_syn_drops,
+            "rtt_us": e.rtt_us,
+        }
+        for e in entries
+    ]
