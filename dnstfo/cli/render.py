@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import dns.rrset
 
     from dnstfo.client.compare import Comparison
+    from dnstfo.client.host import FixPlan, HostState
     from dnstfo.client.result import QueryResult, TfoReport
     from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
 
@@ -378,3 +379,46 @@ def cookies_json(entries: list[TcpMetricsEntry]) -> list[dict[str, Any]]:
         }
         for e in entries
     ]
+
+
+# ---------------------------------------------------------------- doctor
+
+
+def doctor_text(state: HostState, problems: list[str]) -> str:
+    """The host's TFO state in words."""
+    if state.mode is None:
+        lines = ["net.ipv4.tcp_fastopen: absent (no TCP Fast Open in this kernel)"]
+    else:
+        bits = ", ".join(state.mode.describe()) or "none"
+        lines = [f"net.ipv4.tcp_fastopen = {int(state.mode)}: {bits}"]
+    hole = state.blackhole_timeout_s
+    lines.append(
+        "blackhole detection: "
+        + ("absent" if hole is None else "off" if hole == 0 else f"pauses active TFO {hole} s")
+        + f"; suspected blackholes so far: {state.counters.blackhole}"
+    )
+    key = {None: "unknown (needs root)", True: "set", False: "not set yet (made on first use)"}
+    lines.append(f"server key (net.ipv4.tcp_fastopen_key): {key[state.key_set]}")
+    lines.append(
+        f"socket options: TCP_FASTOPEN_CONNECT {_yes(state.fastopen_connect)}, "
+        f"TCP_FASTOPEN_NO_COOKIE {_yes(state.no_cookie)}, "
+        f"TCP_FASTOPEN_KEY {_yes(state.listener_key)}"
+    )
+    counters = state.counters.nonzero()
+    lines.append("counters: " + (", ".join(f"{k} {v}" for k, v in counters.items()) or "all zero"))
+    if problems:
+        lines += [f"problem: {p}" for p in problems]
+        lines.append("fix: dnstfo doctor --fix (root)")
+    else:
+        lines.append("ready: this host can query and serve with TCP Fast Open")
+    return "\n".join(lines)
+
+
+def fix_text(plan: FixPlan, path: str) -> str:
+    """What ``--fix`` did and how to make it permanent."""
+    if not plan.needed:
+        return f"nothing to fix: net.ipv4.tcp_fastopen is already {plan.current}"
+    return (
+        f"set net.ipv4.tcp_fastopen = {plan.wanted} (was {plan.current})\n"
+        f"to keep it after a reboot, add this line to {path}:\n{plan.sysctl_line}"
+    )
