@@ -35,6 +35,7 @@ from dnstfo.wire.keepalive import KeepaliveRequest, add_keepalive, keepalive_req
 
 _TCP = Transport.TCP
 _EMPTY = KeepaliveRequest.EMPTY
+_AXFR = 252
 _LIMIT_OF_REASON = {
     CloseReason.QUERY_LIMIT: Limit.QUERIES,
     CloseReason.LIFETIME: Limit.LIFETIME,
@@ -140,8 +141,9 @@ class TcpSession:
                 wire, rcode = self._keepalive(message, wire, rcode, now)
             out.append(len(wire).to_bytes(2, "big"))
             out.append(wire)
-            if reply.more:
+            if reply.qtype == _AXFR and rcode == 0:
                 stats.axfr += 1
+            if reply.more:
                 if not self.transfers:
                     conn.response_started()
                 self.transfers.extend(len(m).to_bytes(2, "big") + m for m in reply.more)
