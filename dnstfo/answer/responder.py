@@ -20,7 +20,9 @@ Theory of operation, in the order the checks run:
    no options). UDP responses fit the client's payload size, at least 512 and at most ours
    (RFC 6891 §6.2.5); a response that does not fit loses its additional section if that is
    enough and it is not a referral (RFC 2181 §9), otherwise it becomes header, question and
-   OPT with TC set. TCP responses may use up to 65535 octets (RFC 7766 §8).
+   OPT with TC set. TCP responses may use up to 65535 octets (RFC 7766 §8). Records keep
+   their zone-file order (dnspython would shuffle them): the same query always gets the
+   same bytes, which is what makes the cache exact.
 
 The hot path is the cache (see ``cache``): a plain query whose bytes were seen before, with
 the same transport and size limit, gets the stored response with its ID patched in, without
@@ -311,19 +313,19 @@ class Responder:
         if transport is Transport.TCP:
             limit = _TCP_LIMIT
         try:
-            return response.to_wire(max_size=limit)
+            return response.to_wire(max_size=limit, want_shuffle=False)
         except dns.exception.TooBig:
             pass
         referral = not response.flags & dns.flags.AA and bool(response.authority)
         if response.additional and not referral:
             response.additional = []  # RFC 2181 §9: dropping additional data needs no TC
             try:
-                return response.to_wire(max_size=limit)
+                return response.to_wire(max_size=limit, want_shuffle=False)
             except dns.exception.TooBig:
                 pass
         response.answer, response.authority, response.additional = [], [], []
         response.flags |= dns.flags.TC
-        return response.to_wire(max_size=limit)
+        return response.to_wire(max_size=limit, want_shuffle=False)
 
 
 def _header_only(
