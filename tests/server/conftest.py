@@ -119,7 +119,10 @@ def read_messages(sock: socket.socket, count: int) -> list[bytes]:
     decoder = FrameDecoder()
     messages: list[bytes] = []
     while len(messages) < count:
-        data = sock.recv(65536)
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
         if not data:
             break
         messages += decoder.feed(data)
