@@ -23,8 +23,10 @@ caller's GIL, garbage collector and test code never stall a packet.
 
 3. The loop sleeps in ``select`` until the earliest due time or the next readable device,
    then writes every packet that is due. The timer slack is set to 1 µs (``PR_SET_TIMERSLACK``)
-   so the wake-up is not rounded up by the scheduler; the log keeps both the read time and
-   the write time of every packet, so the accuracy is measured rather than assumed.
+   and the relay runs at a real-time priority, so the wake-up is neither rounded up nor
+   queued behind busy processes; the log keeps both the read time and the write time of
+   every packet, so the accuracy is measured rather than assumed. (On a virtual machine,
+   the host can still pause the whole guest for milliseconds now and then.)
 
 4. Control: newline-delimited JSON over a Unix socket pair: ``packets`` (the log),
    ``clear``, ``configure`` (new delay, loss or faults on the fly) and ``stop``. End of file on
@@ -490,31 +492,18 @@ class _Relay:
         return True
 
 
-def _raise_priority() -> None:
-    """Lets the relay preempt the lab's other processes when a packet is due.
-
-    On a machine with few cores, a forked client or a busy test otherwise delays the wake-up
-    by milliseconds. The relay blocks in ``select`` between packets, so a real-time priority
-    cannot starve anything; without the privilege it runs at normal priority.
-    """
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
-    except (OSError, AttributeError) as exc:
-        log.debug("relay keeps normal priority: %s", exc)
-
-
 def _relay_main(argv: list[str]) -> int:
     # Ctrl-C reaches the whole process group; the parent decides when the relay stops
     # (it closes the control socket), so the lab is torn down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=int(argv[0]))
     client_ns, server_ns, config = argv[1], argv[2], DelayConfig.from_json(json.loads(argv[3]))
-    from dnstfo.lab.netns import setns
+    from dnstfo.lab.netns import realtime_priority, setns
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 µs: wake up on time
-        _raise_priority()
+        realtime_priority()  # wake up on time even when the machine is busy
         setns(client_ns)
         client_fd = open_tun(TUN_NAME)
         setns(server_ns)

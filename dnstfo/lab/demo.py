@@ -41,7 +41,7 @@ def demo_target(lab: Lab) -> Iterator[tuple[str, int]]:
 
 def demo_exchange(lab: Lab, address: tuple[str, int]) -> PingExchange:
     """One exchange from the client namespace to the demo server."""
-    return lab.client.run(ping_exchange, address)
+    return lab.client.run(ping_exchange, address, realtime=True)
 
 
 def run_demo(

@@ -139,7 +139,7 @@ def ping_server(ns: Namespace, host: str, port: int = 0) -> Iterator[tuple[str, 
     listener = ns.in_thread(tfo_listener, (host, port))
     address = listener.getsockname()[:2]
     try:
-        child = ns.spawn(serve_ping, listener)
+        child = ns.spawn(serve_ping, listener, realtime=True)
     finally:
         listener.close()  # the child has its own copy
     try:
