@@ -243,7 +243,7 @@ class Responder:
         try:
             return self._answer(query, question, transport, client, authority)
         except Exception as exc:  # a bug: answer SERVFAIL rather than drop the query
-            log.exception("failed to answer %s %s", qname, dns.rdatatype.to_text(qtype))
+            log.exception("failed to answer %s type %d", qname, qtype)
             return _header_only(wire, rcode_for(exc), qname, qtype)
 
     def _answer(

@@ -143,4 +143,4 @@ def _finish(renderer: dns.renderer.Renderer, query: dns.message.Message, our_pay
         renderer.release_reserved()
         renderer.add_edns(0, query.ednsflags & dns.flags.DO, our_payload)
     renderer.write_header()
-    return renderer.get_wire()
+    return bytes(renderer.get_wire())
