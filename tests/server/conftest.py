@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from dnstfo.kernel.sockets import TfoKey
 from dnstfo.server.app import DnsServer, load_authority
 from dnstfo.server.config import Endpoint, ServerConfig
 from dnstfo.server.listener import open_listeners
@@ -45,12 +47,16 @@ def zone_dir(tmp_path: Path) -> Path:
 class ServerThread:
     """A DnsServer on its own event loop in a daemon thread."""
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, *, key: TfoKey | None = None, netns: Any = None
+    ) -> None:
+        """Binds the listeners (inside ``netns``, a lab Namespace, if given) and starts."""
         self.config = config
         self.loop = asyncio.new_event_loop()
-        listeners = open_listeners(
-            config.listen, tfo_queue=config.tfo_queue, key=None, reuseport=False
+        opener = functools.partial(
+            open_listeners, config.listen, tfo_queue=config.tfo_queue, key=key, reuseport=False
         )
+        listeners = opener() if netns is None else netns.in_thread(opener)
         self.server = DnsServer(config, listeners, load_authority(config))
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
