@@ -55,6 +55,10 @@ DEFAULT_SYSCTLS: dict[str, str] = {
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
+# Names this process created and has not removed yet: lets a test suite check its own
+# leftovers while other processes run labs of their own on the same machine.
+_created_here: set[str] = set()
+
 
 def setns(path: str | os.PathLike[str]) -> None:
     """Moves the calling thread into the network namespace at ``path``.
@@ -92,11 +96,16 @@ def realtime_priority(priority: int = 10) -> bool:
     return True
 
 
-def lab_namespaces() -> list[str]:
-    """Returns the names of existing namespaces made by the lab (``dtfo`` prefix)."""
+def lab_namespaces(*, mine: bool = False) -> list[str]:
+    """Returns the names of existing namespaces made by the lab (``dtfo`` prefix).
+
+    Args:
+        mine: only those created by this process (and not yet removed).
+    """
     from pyroute2 import netns
 
-    return sorted(n for n in netns.listnetns() if n.startswith(PREFIX))
+    names = (n for n in netns.listnetns() if n.startswith(PREFIX))
+    return sorted(n for n in names if not mine or n in _created_here)
 
 
 def check_privileges() -> None:
@@ -330,6 +339,7 @@ def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[N
             raise PermissionNeeded(f"creating a namespace needs CAP_SYS_ADMIN: {exc}") from exc
         except OSError as exc:
             raise LabError(f"cannot create namespace {name}: {exc}") from exc
+        _created_here.add(name)
         log.debug("created namespace %s", name)
     owner = os.getpid()
     try:
@@ -356,6 +366,7 @@ def remove_namespace(name: str) -> None:
         pass
     except OSError as exc:
         raise LabError(f"cannot remove namespace {name}: {exc}") from exc
+    _created_here.discard(name)
 
 
 @contextlib.contextmanager

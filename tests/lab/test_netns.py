@@ -32,7 +32,7 @@ def test_namespace_has_sysctls_loopback_and_goes_away() -> None:
     host_tfo = Path("/proc/sys/net/ipv4/tcp_fastopen").read_text()
     with namespace("t", sysctls={"net.ipv4.tcp_fastopen": "1027"}) as ns:
         assert ns.name.startswith(f"{PREFIX}-t-")
-        assert ns.name in lab_namespaces()
+        assert ns.name in lab_namespaces(mine=True)
         assert ns.read_sysctl("net.ipv4.tcp_fastopen") == "1027"
         assert ns.read_sysctl("net.ipv4.tcp_fastopen_blackhole_timeout_sec") == "0"
         assert "UP" in ns.exec(["ip", "-br", "link", "show", "lo"]).stdout
