@@ -44,7 +44,7 @@ from dnstfo.errors import (
 )
 from dnstfo.kernel import sysctl, tcp_metrics
 from dnstfo.kernel.sockets import client_socket, family_of, send_in_syn
-from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
+from dnstfo.kernel.tcpinfo import FastOpenClientFail, TcpInfo, tcp_info
 from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
 from dnstfo.wire.framing import FrameDecoder, frame
 
@@ -290,6 +290,22 @@ def _read_message(conn: _Connection) -> tuple[bytes, int]:
             return messages[0], first_byte
 
 
+def _syn_retransmits(at_connect: TcpInfo, attempted: bool) -> int:
+    """SYN retransmissions, from TCP_INFO read when the connection was established.
+
+    ``total_retrans`` then counts the SYN's retransmissions, plus one when SYN data was
+    not acked: the kernel resends that data as soon as the SYN-ACK arrives
+    (``tcp_rcv_fastopen_synack``), and the same function records in
+    ``fastopen_client_fail`` which of the two happened.
+    """
+    total = at_connect.total_retrans
+    if not attempted or at_connect.syn_data:
+        return total
+    if at_connect.fastopen_client_fail is FastOpenClientFail.DATA_NOT_ACKED:
+        return 0
+    return max(total - 1, 1)
+
+
 def _read_after(
     config: QueryConfig,
     before: TfoBefore,
@@ -309,7 +325,7 @@ def _read_after(
         attempted=in_syn > 0,
         syn_data_acked=info.syn_data,
         client_fail=info.fastopen_client_fail,
-        syn_retransmits=at_connect.total_retrans,
+        syn_retransmits=_syn_retransmits(at_connect, in_syn > 0),
         cookie=cookie,
         cookie_change=CookieChange.between(before.cookie, cookie),
         fallback=fallback,

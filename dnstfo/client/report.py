@@ -78,7 +78,8 @@ class TfoAfter:
     client_fail: FastOpenClientFail
     """``tcpi_fastopen_client_fail``: the kernel's reason a TFO attempt failed."""
     syn_retransmits: int
-    """SYN retransmissions during the handshake (TCP_INFO total_retrans when established)."""
+    """SYN retransmissions during the handshake (TCP_INFO total_retrans when established,
+    less the resend of SYN data that was not acked)."""
     cookie: bytes | None
     """The cookie cached for this server after the exchange, or None."""
     cookie_change: CookieChange
