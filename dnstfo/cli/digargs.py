@@ -95,18 +95,16 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
             _plus(word[1:], values)
         else:
             positional.append(word)
+    # dig's rule: a word that reads as a type (or class) is one, until one is given;
+    # anything else is the name.
     for word in positional:
         upper = word.upper()
-        if "name" not in values:
-            values["name"] = word
-        elif "rdtype" not in values and "rdclass" not in values and upper not in _CLASSES:
-            if not _is_type(upper):
-                raise UsageError(f"unknown query type {word!r}")
+        if "rdtype" not in values and upper not in _CLASSES and _is_type(upper):
             values["rdtype"] = upper
         elif "rdclass" not in values and upper in _CLASSES:
             values["rdclass"] = upper
-        elif "rdtype" not in values and _is_type(upper):
-            values["rdtype"] = upper
+        elif "name" not in values:
+            values["name"] = word
         else:
             raise UsageError(f"unexpected argument {word!r}")
     return DigArgs(**values)  # type: ignore[arg-type]

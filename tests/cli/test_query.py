@@ -1,0 +1,187 @@
+"""``dnstfo query`` argument parsing (CliRunner, no network) and the +json shape."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dnstfo.cli import digargs, main
+from dnstfo.client.config import QueryConfig, TfoMethod
+from dnstfo.errors import UsageError
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "query-json.md"
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Runs ``dnstfo query ARGS`` and returns the configs it would send (no network)."""
+    from dnstfo.cli import query as cli_query
+
+    seen: list[tuple[QueryConfig, str, bool, bool]] = []
+    monkeypatch.setattr(cli_query, "_run_one", lambda *a: seen.append(a))
+    monkeypatch.setattr(cli_query, "_run_compare", lambda *a: seen.append(a))
+
+    def run(*args: str) -> tuple[int, list, str]:
+        result = CliRunner().invoke(main, ["query", *args])
+        return result.exit_code, seen, result.output
+
+    return run
+
+
+def test_dig_shape(captured):
+    code, seen, _ = captured("example.com", "MX", "@192.0.2.53", "+short", "+dnssec")
+    assert code == 0
+    ((config, server, as_json, as_short),) = seen
+    assert (config.qname, config.rdtype, config.rdclass) == ("example.com", "MX", "IN")
+    assert (config.server, config.port, server) == ("192.0.2.53", 53, "192.0.2.53")
+    assert (config.dnssec, config.recurse, config.tfo) == (True, True, TfoMethod.SENDTO)
+    assert (as_json, as_short) == (False, True)
+
+
+def test_plus_options_and_long_options_agree(captured):
+    plus = ["x.example", "@192.0.2.1", "+notfo", "+nocookie", "+norecurse", "+timeout=2",
+            "+tries=3", "+json"]  # fmt: skip
+    long = ["x.example", "@192.0.2.1", "--notfo", "--nocookie", "--norecurse", "--timeout", "2",
+            "--tries", "3", "--json"]  # fmt: skip
+    assert captured(*plus)[0] == 0
+    assert captured(*long)[0] == 0
+    (a, *_), (b, *_) = captured()[1][:2]
+    assert a == b
+    assert (a.tfo, a.no_cookie, a.recurse, a.timeout, a.tries) == (
+        TfoMethod.OFF, True, False, 2.0, 3)  # fmt: skip
+
+
+def test_port_source_family_and_method(captured):
+    code, seen, _ = captured("-p", "5353", "-b", "127.0.0.2", "-4", "--method", "connect",
+                             "example.com", "TXT", "CH", "@127.0.0.1")  # fmt: skip
+    assert code == 0
+    config = seen[0][0]
+    assert (config.port, config.source, config.tfo) == (5353, "127.0.0.2", TfoMethod.CONNECT)
+    assert (config.rdtype, config.rdclass) == ("TXT", "CH")
+
+
+def test_server_name_is_resolved_and_kept(captured):
+    code, seen, _ = captured("example.com", "@localhost", "-4")
+    assert code == 0
+    assert seen[0][0].server == "127.0.0.1"
+    assert seen[0][1] == "localhost"
+
+
+def test_repeat_and_compare(captured):
+    code, seen, _ = captured("example.com", "@127.0.0.1", "+repeat=3")
+    assert (code, len(seen)) == (0, 3)
+    code, seen, _ = captured("example.com", "@127.0.0.1", "+compare", "+repeat=5")
+    assert code == 0
+    assert seen[-1][2:] == (5, False)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["example.com", "@127.0.0.1", "+bogus"], ["example.com", "@127.0.0.1", "+tries=x"],
+     ["example.com", "@127.0.0.1", "-4", "-6"], ["example.com", "extra.example", "@127.0.0.1"],
+     ["example.com", "@no-such-host.invalid"], ["example.com", "@127.0.0.1", "+timeout=0"]],
+)  # fmt: skip
+def test_bad_arguments_exit_2(captured, args):
+    code, seen, output = captured(*args)
+    assert code == 2, output
+    assert seen == []
+
+
+def test_digargs_order_is_free():
+    a = digargs.parse(["@192.0.2.1", "+short", "IN", "example.com", "AAAA"])
+    assert (a.name, a.rdtype, a.rdclass, a.server, a.short) == (
+        "example.com", "AAAA", "IN", "192.0.2.1", True)  # fmt: skip
+
+
+def test_digargs_rejects_value_on_flag():
+    with pytest.raises(UsageError, match="takes no value"):
+        digargs.parse(["+short=1"])
+
+
+def test_connection_refused_is_one_line_and_exit_9():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: refused
+        result = CliRunner().invoke(main, ["query", "example.com", "@127.0.0.1", "-p", str(port)])
+    assert result.exit_code == 9
+    assert "ECONNREFUSED" in result.output
+
+
+# ------------------------------------------------------------------ +json shape
+
+SCALARS = {
+    "version": int, "dateSeconds": float, "dateString": str, "tries": int,
+}  # fmt: skip
+SHAPE = {
+    "query": {"qname": str, "qtype": str, "qclass": str, "dnssec": bool, "recurse": bool,
+              "msgsize": int},
+    "server": {"name": str, "address": str, "port": int, "transport": str},
+    "source": {"address": str, "port": int},
+    "tfo": {
+        "requested": bool, "method": str, "no_cookie": bool,
+        "before": {"cookie_hex": (str, type(None)), "cookie_len": (int, type(None)),
+                   "sysctl_tcp_fastopen": (int, type(None)), "client_enabled": bool,
+                   "blackhole_timeout_s": (int, type(None)), "blackhole_count": int},
+        "after": {"syn_data_sent": bool, "syn_data_acked": bool, "client_fail": str,
+                  "syn_retransmits": int, "cookie_hex": (str, type(None)),
+                  "cookie_len": (int, type(None)), "cookie_change": str, "fallback": str,
+                  "fallback_reason": (str, type(None)), "blackhole_delta": int},
+        "timings": {k: (float, int, type(None)) for k in (
+            "handshake_ms", "first_byte_ms", "total_ms", "tcpi_rtt_ms", "tcpi_min_rtt_ms",
+            "rtt_ms", "rounds")},
+        "verdict": {"outcome": str, "expected_rounds": (int, type(None)), "tfo_worked": bool,
+                    "text": str},
+    },
+}  # fmt: skip
+RESPONSE_KEYS = {"ID", "QR", "Opcode", "AA", "TC", "RD", "RA", "AD", "CD", "RCODE", "RCODEname",
+                 "QDCOUNT", "ANCOUNT", "NSCOUNT", "ARCOUNT", "questionRRs", "answerRRs",
+                 "authorityRRs", "additionalRRs", "EDNS", "msgsize"}  # fmt: skip
+RR_KEYS = {"NAME", "TYPE", "TYPEname", "CLASS", "CLASSname", "TTL", "RDATAHEX"}
+
+
+def _check(obj, shape, path="$"):
+    assert set(obj) == set(shape), f"{path}: {sorted(set(obj) ^ set(shape))}"
+    for key, want in shape.items():
+        if isinstance(want, dict):
+            _check(obj[key], want, f"{path}.{key}")
+        else:
+            assert isinstance(obj[key], want), f"{path}.{key} = {obj[key]!r}"
+
+
+@pytest.fixture
+def loopback_server():
+    from tests.client import tinyserver
+
+    with tinyserver.running(tinyserver.make_listener(tfo=False)) as address:
+        yield address
+
+
+def test_json_shape_matches_the_documented_shape(loopback_server):
+    host, port = loopback_server
+    result = CliRunner().invoke(main, ["query", "example.com", f"@{host}", "-p", str(port),
+                                       "+json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (line,) = result.output.splitlines()
+    obj = json.loads(line)
+    _check({k: obj[k] for k in SHAPE}, SHAPE)
+    assert set(obj) == set(SHAPE) | set(SCALARS) | {"response"}
+    for key, kind in SCALARS.items():
+        assert isinstance(obj[key], kind)
+    assert set(obj["response"]) == RESPONSE_KEYS
+    (rr,) = obj["response"]["answerRRs"]
+    assert set(rr) == RR_KEYS | {"rdataA"}
+    assert rr["rdataA"] == "192.0.2.1"
+    # Every field name is documented.
+    doc = DOC.read_text()
+    names = set(SCALARS) | RESPONSE_KEYS | RR_KEYS
+    for section in SHAPE.values():
+        for key, sub in section.items():
+            names |= set(sub) if isinstance(sub, dict) else {key}
+    missing = sorted(n for n in names if not re.search(rf"\b{re.escape(n)}\b", doc))
+    assert missing == []
