@@ -1,0 +1,63 @@
+"""``dnstfo doctor --fix`` and ``dnstfo cookies`` inside a namespace of the test's own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+DNSTFO = str(Path(sys.executable).parent / "dnstfo")
+pytestmark = [pytest.mark.netadmin, pytest.mark.linux]
+
+
+@pytest.fixture
+def ns():
+    from dnstfo.lab.netns import namespace
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to make a network namespace")
+    with namespace("d", sysctls={"net.ipv4.tcp_fastopen": "1"}) as made:
+        yield made
+
+
+def test_doctor_explains_and_fixes(ns):
+    before = ns.exec([DNSTFO, "doctor"])
+    assert before.returncode == 5
+    assert "net.ipv4.tcp_fastopen = 1: client (0x1)" in before.stdout
+    assert "server bit (0x2) is off" in before.stdout
+    fixed = ns.exec([DNSTFO, "doctor", "--fix"])
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "net.ipv4.tcp_fastopen = 3" in fixed.stdout  # the /etc/sysctl.d line
+    assert ns.read_sysctl("net.ipv4.tcp_fastopen") == "3"
+
+
+def test_doctor_fix_keeps_other_bits(ns):
+    ns.write_sysctls({"net.ipv4.tcp_fastopen": "0x401"})
+    assert ns.exec([DNSTFO, "doctor", "--fix"]).returncode == 0
+    assert int(ns.read_sysctl("net.ipv4.tcp_fastopen"), 0) == 0x403
+
+
+def test_cookies_list_delete_flush(ns):
+    from tests.client import tinyserver
+
+    ns.write_sysctls({"net.ipv4.tcp_fastopen": "3"})
+    listener = ns.in_thread(tinyserver.make_listener)
+    with tinyserver.running(listener) as (host, port):
+        q = ns.exec([DNSTFO, "query", "example.com", f"@{host}", "-p", str(port), "+short"])
+        assert q.returncode == 0, q.stderr
+    listed = ns.exec([DNSTFO, "cookies", "--json"])
+    (entry,) = __import__("json").loads(listed.stdout)
+    assert entry["server"] == "127.0.0.1"
+    assert entry["cookie_len"] == 8
+    assert ns.exec([DNSTFO, "cookies", "127.0.0.1", "--delete"]).returncode == 0
+    assert ns.exec([DNSTFO, "cookies", "--json"]).stdout.strip() == "[]"
+    assert ns.exec([DNSTFO, "cookies", "--flush"]).returncode == 0
+
+
+def test_cookie_delete_without_root_says_so(ns):
+    r = ns.exec(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", DNSTFO,
+                 "cookies", "127.0.0.1", "--delete"])  # fmt: skip
+    assert r.returncode == 4, r.stdout + r.stderr
+    assert "needs root" in r.stderr
