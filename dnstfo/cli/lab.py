@@ -7,15 +7,23 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from dnstfo.errors import DnstfoError, PermissionNeeded
 from dnstfo.lab.delay import Fault
 
+if TYPE_CHECKING:
+    from dnstfo.client.compare import CompareStep
+    from dnstfo.client.result import TfoReport
+    from dnstfo.lab.demo import DemoResult, DemoServer
+    from dnstfo.lab.topology import Lab, LabSpec
+
 EXIT_LAB_ERROR = 1
 EXIT_NO_PRIVILEGE = 2
+EXIT_STORY_FAILED = 3
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s)?\s*$")
 
@@ -63,68 +71,85 @@ def lab() -> None:
     """The network lab: two namespaces joined by a delay line with middlebox faults."""
 
 
-@lab.command()
-@_rtt_option
-@click.option(
-    "--fault",
-    "faults",
-    multiple=True,
-    type=click.Choice([f.value for f in Fault]),
-    help="A middlebox fault to play (repeatable).",
-)
-@click.option("--loss", type=click.FloatRange(0, 100), default=0.0, help="Packet loss in %.")
-@click.option("--jitter", default="0ms", callback=parse_ms, help="Delay variation (e.g. 5ms).")
-@click.option("--client-tfo", type=int, default=3, show_default=True,
-              help="net.ipv4.tcp_fastopen in the client namespace.")  # fmt: skip
-@click.option("--server-tfo", type=int, default=3, show_default=True,
-              help="net.ipv4.tcp_fastopen in the server namespace.")  # fmt: skip
-def up(
+def _path_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that shape the lab's path: RTT, faults, loss, jitter, TFO sysctls."""
+    options = [
+        _rtt_option,
+        click.option("--fault", "faults", multiple=True,
+                     type=click.Choice([f.value for f in Fault]),
+                     help="A middlebox fault to play (repeatable)."),
+        click.option("--loss", type=click.FloatRange(0, 100), default=0.0,
+                     help="Packet loss in %."),
+        click.option("--jitter", default="0ms", callback=parse_ms,
+                     help="Delay variation (e.g. 5ms)."),
+        click.option("--client-tfo", type=int, default=3, show_default=True,
+                     help="net.ipv4.tcp_fastopen in the client namespace."),
+        click.option("--server-tfo", type=int, default=3, show_default=True,
+                     help="net.ipv4.tcp_fastopen in the server namespace."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _spec(
     rtt: float,
     faults: tuple[str, ...],
     loss: float,
     jitter: float,
     client_tfo: int,
     server_tfo: int,
-) -> None:
-    """Start a lab and keep it up until Ctrl-C."""
-    from dnstfo.lab.topology import LabSpec, start_lab
+) -> LabSpec:
+    """The lab spec the path options ask for."""
+    from dnstfo.lab.topology import LabSpec
 
-    with _lab_errors():
-        spec = LabSpec(
-            rtt_ms=rtt,
-            jitter_ms=jitter,
-            loss=loss / 100,
-            faults=frozenset(Fault(f) for f in faults),
-            client_tcp_fastopen=client_tfo,
-            server_tcp_fastopen=server_tfo,
-        )
-        with start_lab(spec) as running:
-            _render_lab(running, hints=True)
-            click.echo("up; press Ctrl-C to tear it down")
-            sys.stdout.flush()
-            while True:
-                signal.pause()
+    return LabSpec(
+        rtt_ms=rtt,
+        jitter_ms=jitter,
+        loss=loss / 100,
+        faults=frozenset(Fault(f) for f in faults),
+        client_tcp_fastopen=client_tfo,
+        server_tcp_fastopen=server_tfo,
+    )
 
 
 @lab.command()
-@_rtt_option
-@click.option("--count", default=3, show_default=True, help="How many exchanges.")
-def demo(rtt: float, count: int) -> None:
-    """Show TFO turn 2 round trips into 1, on a lab with the given RTT."""
-    from dnstfo.lab.demo import run_demo
-    from dnstfo.lab.topology import LabSpec
+@_path_options
+def up(**path: Any) -> None:
+    """Start a lab and keep it up until Ctrl-C."""
+    from dnstfo.lab.topology import start_lab
+
+    with _lab_errors(), start_lab(_spec(**path)) as running:
+        _render_lab(running, hints=True)
+        click.echo("up; press Ctrl-C to tear it down")
+        sys.stdout.flush()
+        while True:
+            signal.pause()
+
+
+@lab.command()
+@_path_options
+@click.option("--count", default=3, show_default=True, help="TFO queries after priming.")
+@click.option("--zone", "zones", type=click.Path(file_okay=False, path_type=Path),
+              help="Zone directory to serve [zones/ of the repository].")  # fmt: skip
+def demo(count: int, zones: Path | None, **path: Any) -> None:
+    """DNS over TCP with and without TFO: 2 round trips become 1.
+
+    Runs `dnstfo serve` in the lab's server namespace and `dnstfo query +compare` in the
+    client namespace. Exit status: 0 when the TFO queries took 1 round trip, 3 when
+    not (the reason is printed), 1 when the lab failed, 2 without root or TUN.
+    """
+    from dnstfo.lab.demo import DEFAULT_ZONES, run_demo
 
     with _lab_errors():
-        click.echo(f"building a lab with {rtt:g} ms RTT ...")
-        steps = run_demo(
-            LabSpec(rtt_ms=rtt), exchanges=count, on_lab=_render_lab, on_step=_render_step
+        spec = _spec(**path)
+        click.echo(f"building a lab with {spec.rtt_ms:g} ms RTT ...")
+        result = run_demo(
+            spec, tfo_queries=count, zones=zones or DEFAULT_ZONES, on_lab=_render_demo_lab
         )
-    if len(steps) > 1:
-        later = sum(s.rounds for s in steps[1:]) / (len(steps) - 1)
-        click.echo(
-            f"first contact took {steps[0].rounds:.2f} RTT (handshake, then request); "
-            f"with the cookie, {later:.2f} RTT (request in the SYN)"
-        )
+    _render_demo(result)
+    if not result.story_held:
+        sys.exit(EXIT_STORY_FAILED)
 
 
 def _render_lab(running: Any, hints: bool = False) -> None:
@@ -145,10 +170,89 @@ def _render_lab(running: Any, hints: bool = False) -> None:
     click.echo(f"        ip netns exec {running.client.name} <client to {running.server_v4}>")
 
 
-def _render_step(step: Any) -> None:
-    x = step.exchange
-    cookie = f"yes ({len(x.cookie_after)} bytes)" if x.cookie_after else "no"
-    click.echo(
-        f"exchange {step.number}: {x.ms:7.1f} ms = {step.rounds:4.2f} RTT   "
-        f"SYN data acked: {'yes' if x.syn_data_acked else 'no ':3}   cookie cached: {cookie}"
-    )
+def _render_demo_lab(running: Lab, server: DemoServer) -> None:
+    from dnstfo.lab.demo import QNAME
+
+    _render_lab(running)
+    host, port = server.address
+    zones = _near(server.zones)
+    click.echo(f"serve   dnstfo serve --zone {zones} --listen {host}:{port} --query-log json")
+    click.echo(f"          (in {server.namespace})")
+    click.echo(f"query   dnstfo query {QNAME} A @{host} +compare")
+    click.echo(f"          (in {running.client.name})")
+    click.echo("")
+
+
+def _near(path: Path) -> Path:
+    """``path`` relative to the working directory when it is below it."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _render_demo(result: DemoResult) -> None:
+    from itertools import groupby
+
+    from dnstfo.cli.render import compare_text
+
+    click.echo(compare_text(result.comparison))
+    click.echo("")
+    click.echo("what the kernel did (TCP_INFO, tcp_metrics):")
+    lines = [f"{s.step.value:<10} {_kernel_did(s.result.tfo)}" for s in result.comparison.steps]
+    for line, same in groupby(lines):
+        n = len(list(same))
+        click.echo(f"  {line}" + (f" (x{n})" if n > 1 else ""))
+    click.echo("what the server logged (TFO: the query came in the SYN):")
+    for step in result.comparison.steps:
+        click.echo(f"  {step.step.value:<10} {_served_line(result, step)}")
+    click.echo("")
+    click.echo(_story(result))
+
+
+def _kernel_did(tfo: TfoReport) -> str:
+    """What the kernel did for one query, in a few words, from its TFO report."""
+    from dnstfo.client.report import CookieChange, Fallback
+
+    a, b = tfo.after, tfo.before
+    if not tfo.requested:
+        return "plain SYN, no TFO option; query after the handshake"
+    if a.fallback is not Fallback.NONE:
+        return f"plain TCP: {a.fallback_reason}"
+    retrans = f"; {a.syn_retransmits} SYN retransmission(s)" if a.syn_retransmits else ""
+    if a.attempted:
+        how = "with the cached cookie" if b.cookie is not None else "without a cookie"
+        acked = "acked in the SYN-ACK" if a.syn_data_acked else "NOT acked: resent after it"
+        return f"query in the SYN {how}, {acked}{retrans}"
+    asked = "SYN asked for a cookie" if b.cookie is None else "cached cookie not used"
+    got = {
+        CookieChange.NEW: f"SYN-ACK brought one ({len(a.cookie or b'')} bytes), cached",
+        CookieChange.CHANGED: "SYN-ACK brought a new one, cached",
+        CookieChange.SAME: "the cookie stays cached",
+        CookieChange.NONE: "none came back",
+    }[a.cookie_change]
+    return f"{asked}; {got}; query after the handshake{retrans}"
+
+
+def _served_line(result: DemoResult, step: CompareStep) -> str:
+    q = result.served_for(step)
+    if q is None:
+        return "(no log line)"
+    mark = " TFO" if q.tfo else ""
+    where = f"{q.client}#{q.port}"
+    return f"{where} {q.qname} {q.qtype} {q.rcode} {q.transport}{mark} {q.latency_ms:.3f}ms"
+
+
+def _story(result: DemoResult) -> str:
+    """The last line: did 2 round trips become 1, and if not, why."""
+    c, spec = result.comparison, result.spec
+    if result.story_held:
+        return (
+            f"TFO turned 2 round trips into 1: {c.saving_ms:.0f} ms saved per query "
+            f"on a {spec.rtt_ms:g} ms path"
+        )
+    faults = ", ".join(sorted(f.value for f in spec.faults))
+    rounds = "?" if c.tfo_rounds is None else f"{c.tfo_rounds:g}"
+    why = "TFO worked, but" if c.worked else "TFO did not work (see above):"
+    played = f"; the delay line played {faults}" if faults else ""
+    return f"no saving: {why} the TFO queries took {rounds} round trips, not 1{played}"

@@ -1,78 +1,229 @@
-"""The lab demo: the same exchange three times over one lab, to show 2 round trips become 1.
+"""The lab demo: ``dnstfo serve`` in the server namespace, ``+compare`` from the client one.
 
-The first exchange has no cookie: the SYN asks for one and the request follows the handshake
-(2 RTT). The next ones carry the request in the SYN and get the answer after 1 RTT.
-:func:`demo_exchange` is the one place that decides what "an exchange" is.
+The client asks the same question four or more times across the delay line (see
+:mod:`dnstfo.client.compare`): once over plain TCP (handshake, then query: 2 round trips),
+once to prime, which fetches a cookie (2 round trips again), then with the query in the SYN
+(1 round trip). The server's query log says which queries arrived in the SYN.
+
+:func:`demo_target` runs the server, :func:`demo_exchange` the comparison; :func:`run_demo`
+builds the lab around both. Rendering is the CLI's job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
-from dnstfo.lab.ping import PingExchange, ping_exchange, ping_server
+from dnstfo.client.compare import CompareStep, Comparison, compare
+from dnstfo.client.config import QueryConfig
+from dnstfo.errors import LabError, UsageError
 from dnstfo.lab.topology import Lab, LabSpec, start_lab
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ZONES = Path(__file__).resolve().parents[2] / "zones"
+"""The zones shipped with the repository."""
+QNAME = "example.com"
+"""The name the demo looks up (in zones/example.com.zone)."""
+PORT = 53
+"""The port ``dnstfo serve`` listens on in the server namespace."""
+ONE_ROUND = 1.5
+"""TFO queries faster than this many round trips took one round trip."""
+
+_START_TIMEOUT_S = 15.0
+_STOP_TIMEOUT_S = 5.0
+_TCP_LISTEN = "0A"  # socket state in /proc/net/tcp
+_CLI = "from dnstfo.cli import main; main(prog_name='dnstfo')"
 
 
 @dataclass(frozen=True, slots=True)
-class DemoStep:
-    """One exchange of the demo."""
+class ServedQuery:
+    """One line of the server's query log (``dnstfo serve --query-log json``)."""
 
-    number: int
-    """1 for the first exchange."""
-    exchange: PingExchange
-    """What it took and what the kernel did."""
-    rtt_ms: float
-    """The lab's round-trip time, for :attr:`rounds`."""
+    client: str
+    """Client address."""
+    port: int
+    """Client port: matches a query's source port."""
+    qname: str
+    """Name asked for."""
+    qtype: str
+    """Type asked for."""
+    rcode: str
+    """Response code sent."""
+    transport: str
+    """``tcp`` or ``udp``."""
+    tfo: bool
+    """The query arrived in the data of the SYN."""
+    latency_ms: float
+    """Time the server took to answer."""
+
+    @classmethod
+    def from_line(cls, line: str) -> ServedQuery | None:
+        """Parses one query log line; None for other lines (server start and stop)."""
+        try:
+            data = json.loads(line)
+            return cls(
+                client=data["client"],
+                port=int(data["port"]),
+                qname=data["qname"] or "-",
+                qtype=data["qtype"],
+                rcode=data["rcode"],
+                transport=data["transport"],
+                tfo=bool(data["tfo"]),
+                latency_ms=float(data["latency_ms"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass
+class DemoServer:
+    """``dnstfo serve`` running in the lab's server namespace."""
+
+    address: tuple[str, int]
+    """Where it listens."""
+    namespace: str
+    """The namespace it runs in."""
+    zones: Path
+    """The zone directory it serves."""
+    log_lines: list[str] = field(default_factory=list)
+    """Its stderr, filled in when it has stopped."""
 
     @property
-    def rounds(self) -> float:
-        """The exchange's duration in round trips."""
-        return self.exchange.rounds(self.rtt_ms)
+    def served(self) -> tuple[ServedQuery, ...]:
+        """The queries it logged (after it has stopped)."""
+        parsed = (ServedQuery.from_line(line) for line in self.log_lines)
+        return tuple(q for q in parsed if q is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class DemoResult:
+    """What the demo showed."""
+
+    spec: LabSpec
+    """The lab it ran on."""
+    comparison: Comparison
+    """The ``+compare`` steps, the saving and the verdict."""
+    served: tuple[ServedQuery, ...]
+    """The server's query log."""
+
+    @property
+    def story_held(self) -> bool:
+        """Every TFO query rode in the SYN, was acknowledged and took one round trip."""
+        rounds = self.comparison.tfo_rounds
+        return self.comparison.worked and rounds is not None and rounds < ONE_ROUND
+
+    def served_for(self, step: CompareStep) -> ServedQuery | None:
+        """The server's log line for one step (matched by the client's port), or None."""
+        return next((q for q in self.served if q.port == step.result.source[1]), None)
 
 
 @contextlib.contextmanager
-def demo_target(lab: Lab) -> Iterator[tuple[str, int]]:
-    """Runs the demo's server in the lab's server namespace; yields its address."""
-    with ping_server(lab.server, lab.server_v4) as address:
-        yield address
+def demo_target(lab: Lab, zones: Path = DEFAULT_ZONES) -> Iterator[DemoServer]:
+    """Runs ``dnstfo serve`` in the lab's server namespace until the block ends.
+
+    Args:
+        lab: the running lab.
+        zones: the zone directory to serve.
+
+    Yields:
+        The server, listening; its log is filled in once the block has ended.
+
+    Raises:
+        UsageError: ``zones`` is not a directory.
+        LabError: the server exited or did not listen in time.
+    """
+    if not zones.is_dir():
+        raise UsageError(f"no zone directory at {zones}")
+    server = DemoServer((lab.server_v4, PORT), lab.server.name, zones)
+    argv = [
+        *("ip", "netns", "exec", lab.server.name, sys.executable, "-c", _CLI, "serve"),
+        *("--zone", str(zones), "--listen", f"{lab.server_v4}:{PORT}", "--query-log", "json"),
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_listening(lab, proc)
+        log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)
+        yield server
+    finally:
+        server.log_lines = _stop(proc)
 
 
-def demo_exchange(lab: Lab, address: tuple[str, int]) -> PingExchange:
-    """One exchange from the client namespace to the demo server."""
-    return lab.client.run(ping_exchange, address, realtime=True)
+def _wait_listening(lab: Lab, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise LabError(f"dnstfo serve exited with status {proc.returncode}: {err.strip()}")
+        if lab.server.run(tcp_listening, PORT, timeout=5.0):
+            return
+        time.sleep(0.05)
+    raise LabError(f"dnstfo serve did not listen on port {PORT} within {_START_TIMEOUT_S:g} s")
+
+
+def tcp_listening(port: int) -> bool:
+    """Whether an IPv4 TCP socket listens on ``port`` in the caller's namespace."""
+    lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
+    fields = (line.split() for line in lines)
+    return any(f[1].endswith(f":{port:04X}") and f[3] == _TCP_LISTEN for f in fields)
+
+
+def _stop(proc: subprocess.Popen[str]) -> list[str]:
+    """Stops the server (SIGTERM: it finishes in-flight answers) and returns its stderr."""
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=_STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        log.warning("dnstfo serve ignored SIGTERM; killing it")
+        proc.kill()
+        _, err = proc.communicate()
+    return err.splitlines()
+
+
+def demo_exchange(lab: Lab, address: tuple[str, int], *, tfo_queries: int = 3) -> Comparison:
+    """Runs ``+compare`` for :data:`QNAME` from the client namespace to ``address``.
+
+    Raises:
+        DnstfoError: a query failed outright (timeout, refused, bad response).
+    """
+    config = QueryConfig(qname=QNAME, server=address[0], port=address[1])
+    timeout = 30.0 + (tfo_queries + 2) * config.timeout
+    return lab.client.run(compare, config, tfo_queries=tfo_queries, timeout=timeout, realtime=True)
 
 
 def run_demo(
     spec: LabSpec,
     *,
-    exchanges: int = 3,
-    on_lab: Callable[[Lab], None] | None = None,
-    on_step: Callable[[DemoStep], None] | None = None,
-) -> list[DemoStep]:
-    """Builds a lab, runs the exchanges, tears the lab down.
+    tfo_queries: int = 3,
+    zones: Path = DEFAULT_ZONES,
+    on_lab: Callable[[Lab, DemoServer], None] | None = None,
+) -> DemoResult:
+    """Builds a lab, serves the zones, runs the comparison, tears everything down.
 
     Args:
-        spec: the lab to build.
-        exchanges: how many exchanges to make.
-        on_lab: called once the lab is up (to show its addresses).
-        on_step: called after each exchange (to show it at once).
+        spec: the lab to build (RTT, faults, TFO sysctls).
+        tfo_queries: TFO queries after the priming one.
+        zones: the zone directory to serve.
+        on_lab: called once the lab is up and the server listens (to show them).
 
     Returns:
-        The steps, in order.
+        The comparison and the server's query log.
 
     Raises:
         PermissionNeeded: not root or no /dev/net/tun.
-        LabError: the lab failed.
+        LabError: the lab or the server failed.
+        DnstfoError: a query failed outright.
     """
-    steps: list[DemoStep] = []
-    with start_lab(spec) as lab, demo_target(lab) as address:
-        if on_lab is not None:
-            on_lab(lab)
-        for number in range(1, exchanges + 1):
-            step = DemoStep(number, demo_exchange(lab, address), spec.rtt_ms)
-            steps.append(step)
-            if on_step is not None:
-                on_step(step)
-    return steps
+    with start_lab(spec) as lab:
+        with demo_target(lab, zones) as server:
+            if on_lab is not None:
+                on_lab(lab, server)
+            comparison = demo_exchange(lab, server.address, tfo_queries=tfo_queries)
+        return DemoResult(spec, comparison, server.served)
