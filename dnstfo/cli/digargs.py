@@ -1,12 +1,14 @@
-"""dig's argument shape: ``NAME [TYPE] [CLASS] @SERVER [+option[=value]] ...``.
+"""dig's argument shape: ``NAME [TYPE] [CLASS] @SERVER [-p PORT] [+option[=value]] ...``.
 
-A pure parser (no click, no I/O) so that every form is tested without a network. The long
-``--options`` of ``dnstfo query`` are merged in by the command; ``+options`` win when both
-are given because they come last in dig's grammar too.
+A pure parser (no click, no I/O) of every argument of ``dnstfo query``, so that every form
+is tested without a network and the command can run without importing click (start-up
+time: people run it by hand and in loops). Each ``+option`` has a ``--option`` twin
+(``+timeout=2`` is ``--timeout 2`` or ``--timeout=2``); the last one given wins, as in dig.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dnstfo.errors import UsageError
@@ -24,6 +26,9 @@ _FLAGS = {
     "compare": "compare",
 }
 _VALUES = {"timeout": float, "tries": int, "repeat": int, "port": int}
+# Dash options that take a value: the short ones, and the long ones that are not numbers.
+_DASH_VALUES = {"-p": "port", "-b": "source", "--source": "source", "--method": "method"}
+_METHODS = frozenset({"sendto", "connect"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +64,13 @@ class DigArgs:
     repeat: int | None = None
     """``+repeat=N``: queries in a row (TFO queries with ``+compare``)."""
     port: int | None = None
-    """``+port=N`` (dig has ``-p``; both work)."""
+    """``-p N`` or ``+port=N``: the server's port."""
+    source: str | None = None
+    """``-b ADDR``: source address to bind."""
+    family: int | None = None
+    """``-4`` or ``-6``: 4 or 6 to use only that address family."""
+    method: str | None = None
+    """``--method sendto|connect``: MSG_FASTOPEN, or TCP_FASTOPEN_CONNECT."""
 
 
 def _is_type(word: str) -> bool:
@@ -73,26 +84,33 @@ def _is_type(word: str) -> bool:
 
 
 def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
-    """Parses the dig-style words (everything that is not a ``-x``/``--x`` option).
+    """Parses the arguments of ``dnstfo query``.
 
     Args:
-        words: e.g. ``["example.com", "MX", "@127.0.0.1", "+short"]``.
+        words: e.g. ``["example.com", "MX", "@127.0.0.1", "-p", "5353", "+short"]``.
 
     Returns:
         The values given; the caller applies defaults.
 
     Raises:
-        UsageError: an unknown ``+option``, a bad value, or too many positional words.
+        UsageError: an unknown option, a bad value, or too many positional words.
     """
     values: dict[str, object] = {}
     positional: list[str] = []
-    for word in words:
+    rest = iter(words)
+    for word in rest:
         if word.startswith("@"):
             if not word[1:]:
                 raise UsageError("@ needs a server name or address")
             values["server"] = word[1:]
         elif word.startswith("+"):
             _plus(word[1:], values)
+        elif word in ("-4", "-6"):
+            if values.get("family", int(word[1])) != int(word[1]):
+                raise UsageError("-4 and -6 exclude each other")
+            values["family"] = int(word[1])
+        elif word.startswith("-") and len(word) > 1 and not word[1].isdigit():
+            _dash(word, rest, values)
         else:
             positional.append(word)
     # dig's rule: a word that reads as a type (or class) is one, until one is given;
@@ -110,6 +128,34 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
     return DigArgs(**values)  # type: ignore[arg-type]
 
 
+def _dash(word: str, rest: Iterator[str], values: dict[str, object]) -> None:
+    """``-p 53``, ``-p53``, ``-b ADDR``, ``--method connect``, ``--timeout=2``, ``--short``."""
+    name, sep, raw = word.partition("=")
+    has_value = bool(sep)
+    if not word.startswith("--") and len(word) > 2:  # -p5353
+        name, has_value, raw = word[:2], True, word[2:]
+    takes_value = name in _DASH_VALUES or name[2:] in _VALUES
+    if not takes_value:
+        if has_value or not name.startswith("--"):
+            raise UsageError(f"unknown option {word}")
+        _plus(name[2:], values)
+        return
+    if not has_value:
+        raw = next(rest, "")
+        if not raw:
+            raise UsageError(f"{name} needs a value")
+    if name in _DASH_VALUES:
+        key = _DASH_VALUES[name]
+        if key == "port":
+            _plus(f"port={raw}", values)
+        elif key == "method" and raw not in _METHODS:
+            raise UsageError(f"--method is sendto or connect, not {raw!r}")
+        else:
+            values[key] = raw
+    else:
+        _plus(f"{name[2:]}={raw}", values)
+
+
 def _plus(option: str, values: dict[str, object]) -> None:
     key, has_value, raw = option.partition("=")
     key = key.lower()
@@ -120,7 +166,7 @@ def _plus(option: str, values: dict[str, object]) -> None:
             value = _VALUES[key](raw)
         except ValueError:
             raise UsageError(f"+{key}={raw}: not a number") from None
-        if value <= 0:  # type: ignore[operator]
+        if value <= 0:
             raise UsageError(f"+{key} must be positive")
         values[key] = value
         return

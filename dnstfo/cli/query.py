@@ -7,11 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, NoReturn
 
-import click
-
 from dnstfo.cli.exits import Exit
 
 if TYPE_CHECKING:
+    from dnstfo.cli.digargs import DigArgs
     from dnstfo.client.config import QueryConfig
 
 
@@ -36,7 +35,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
+        _fail(str(exc), Exit.USAGE)
     except NetworkError as exc:
         _fail(f"no answer: {exc}", Exit.NO_REPLY)
     except RemoteProtocolError as exc:
@@ -77,101 +76,89 @@ def resolve_server(name: str, port: int, family: int) -> str:
     return str(infos[0][4][0])
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
-@click.argument("words", nargs=-1, metavar="NAME [TYPE] [CLASS] @SERVER [+OPTIONS]")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), help="Server port (default 53).")
-@click.option("-b", "--source", metavar="ADDR", help="Source address to bind.")
-@click.option("-4", "ipv4", is_flag=True, help="Use IPv4 only.")
-@click.option("-6", "ipv6", is_flag=True, help="Use IPv6 only.")
-@click.option("--short", is_flag=True, default=None, help="Only the answer data (+short).")
-@click.option("--json", "json_", is_flag=True, default=None, help="One JSON object per query.")
-@click.option("--dnssec", is_flag=True, default=None, help="Set the DO bit (+dnssec).")
-@click.option("--norecurse", is_flag=True, default=None, help="Clear RD (+norecurse).")
-@click.option("--timeout", type=float, help="Seconds per try (+timeout=S, default 5).")
-@click.option("--tries", type=int, help="Tries in all (+tries=N, default 1).")
-@click.option("--notfo", is_flag=True, default=None, help="Plain TCP, no Fast Open (+notfo).")
-@click.option(
-    "--nocookie", is_flag=True, default=None, help="SYN data without a cookie (+nocookie)."
-)
-@click.option("--repeat", type=int, help="Queries in a row (+repeat=N).")
-@click.option("--compare", is_flag=True, default=None, help="Plain vs TFO table (+compare).")
-@click.option(
-    "--method",
-    type=click.Choice(["sendto", "connect"]),
-    default="sendto",
-    show_default=True,
-    help="MSG_FASTOPEN sendto, or TCP_FASTOPEN_CONNECT.",
-)
-def query(
-    words: tuple[str, ...],
-    port: int | None,
-    source: str | None,
-    ipv4: bool,
-    ipv6: bool,
-    short: bool | None,
-    json_: bool | None,
-    dnssec: bool | None,
-    norecurse: bool | None,
-    timeout: float | None,
-    tries: int | None,
-    notfo: bool | None,
-    nocookie: bool | None,
-    repeat: int | None,
-    compare: bool | None,
-    method: str,
-) -> None:
-    """Look up NAME over TCP and say whether TCP Fast Open happened.
+HELP = """Look up NAME over TCP and say whether TCP Fast Open happened.
 
-    dig's syntax: `dnstfo query example.com MX @192.0.2.53 +short`. Every +option has a
-    --long-option twin. Exit status: 0 answered, 2 bad arguments, 3 TFO did not work
-    (+compare), 9 no reply, 10 bad reply.
+dig's syntax: dnstfo query example.com MX @192.0.2.53 +short
+
+\b
+Options (each +option also works as --option, e.g. +timeout=2 or --timeout 2):
+  -p PORT          server port (default 53)
+  -b ADDR          source address to bind
+  -4, -6           use only IPv4 or only IPv6
+  +short           only the answer data
+  +json            one JSON object per query (fields: docs/query-json.md)
+  +dnssec          set the DO bit
+  +norecurse       clear RD
+  +timeout=S       seconds per try (default 5)
+  +tries=N         tries in all (default 1)
+  +notfo           plain TCP, no Fast Open
+  +nocookie        SYN data without a cookie (TCP_FASTOPEN_NO_COOKIE)
+  +repeat=N        N queries in a row
+  +compare         plain TCP, priming and TFO queries side by side
+  --method M       sendto (MSG_FASTOPEN, default) or connect (TCP_FASTOPEN_CONNECT)
+
+Exit status: 0 answered, 2 bad arguments, 3 TFO did not work (+compare), 4 needs root,
+9 no reply, 10 bad reply.
+"""
+
+
+def run(words: list[str] | tuple[str, ...]) -> int:
+    """Runs ``dnstfo query`` with its arguments; returns the exit status.
+
+    ``dnstfo.cli.entry`` calls it without importing click; the group wraps it for --help.
     """
-    import socket
-
     from dnstfo.cli import digargs
-    from dnstfo.client.config import QueryConfig, TfoMethod
     from dnstfo.errors import UsageError
 
     try:
         d = digargs.parse(words)
     except UsageError as exc:
-        raise click.UsageError(str(exc)) from exc
-    if ipv4 and ipv6:
-        raise click.UsageError("-4 and -6 exclude each other")
-
-    def pick(plus: object, long: object, default: object) -> object:
-        return plus if plus is not None else long if long is not None else default
-
-    the_port = int(pick(d.port, port, 53))  # type: ignore[call-overload]
-    server_name = d.server or default_server()
-    family = socket.AF_INET if ipv4 else socket.AF_INET6 if ipv6 else socket.AF_UNSPEC
-    use_tfo = bool(pick(d.tfo, None if notfo is None else not notfo, True))
+        return _usage(str(exc))
     with _errors():
-        address = resolve_server(server_name, the_port, family)
-        config = QueryConfig(
-            qname=d.name or ".",
-            server=address,
-            rdtype=d.rdtype or ("A" if d.name else "NS"),
-            rdclass=d.rdclass or "IN",
-            port=the_port,
-            source=source,
-            tfo=TfoMethod(method) if use_tfo else TfoMethod.OFF,
-            no_cookie=not pick(d.cookie, None if nocookie is None else not nocookie, True),
-            dnssec=bool(pick(d.dnssec, dnssec, False)),
-            recurse=bool(pick(d.recurse, None if norecurse is None else not norecurse, True)),
-            timeout=float(pick(d.timeout, timeout, 5.0)),  # type: ignore[arg-type]
-            tries=int(pick(d.tries, tries, 1)),  # type: ignore[call-overload]
-        )
-        if config.timeout <= 0 or config.tries < 1:
-            raise click.UsageError("timeout and tries must be positive")
-        as_json = bool(pick(d.json, json_, False))
-        as_short = bool(pick(d.short, short, False))
-        count = int(pick(d.repeat, repeat, 0))  # type: ignore[call-overload]
-        if pick(d.compare, compare, False):
-            _run_compare(config, server_name, count or 3, as_json)
+        try:
+            config, server_name = _config(d)
+        except UsageError as exc:
+            return _usage(str(exc))
+        if d.compare:
+            _run_compare(config, server_name, d.repeat or 3, bool(d.json))
         else:
-            for _ in range(count or 1):
-                _run_one(config, server_name, as_json, as_short)
+            for _ in range(d.repeat or 1):
+                _run_one(config, server_name, bool(d.json), bool(d.short))
+    return Exit.OK
+
+
+def _usage(message: str) -> int:
+    from dnstfo.cli.render import err
+
+    err(f"dnstfo query: {message} (see dnstfo query --help)")
+    return Exit.USAGE
+
+
+def _config(d: DigArgs) -> tuple[QueryConfig, str]:
+    """The query's config from the parsed arguments, with dig's defaults."""
+    import socket
+
+    from dnstfo.client.config import QueryConfig, TfoMethod
+
+    port = d.port or 53
+    server_name = d.server or default_server()
+    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(d.family or 0, socket.AF_UNSPEC)
+    method = TfoMethod(d.method or "sendto")
+    config = QueryConfig(
+        qname=d.name or ".",
+        server=resolve_server(server_name, port, family),
+        rdtype=d.rdtype or ("A" if d.name else "NS"),
+        rdclass=d.rdclass or "IN",
+        port=port,
+        source=d.source,
+        tfo=method if d.tfo is not False else TfoMethod.OFF,
+        no_cookie=d.cookie is False,
+        dnssec=bool(d.dnssec),
+        recurse=d.recurse is not False,
+        timeout=d.timeout or 5.0,
+        tries=d.tries or 1,
+    )
+    return config, server_name
 
 
 def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: bool) -> None:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, fields
-from pathlib import Path
 
 from dnstfo.errors import KernelFeatureError, PermissionNeeded
 
-PROC_SYS = Path("/proc/sys")
-NETSTAT = Path("/proc/self/net/netstat")
+# Plain paths and open(): pathlib costs start-up time that ``dnstfo query`` pays on every run.
+PROC_SYS = "/proc/sys"
+NETSTAT = "/proc/self/net/netstat"
 
 FASTOPEN = "net.ipv4.tcp_fastopen"
 BLACKHOLE_TIMEOUT = "net.ipv4.tcp_fastopen_blackhole_timeout_sec"
@@ -39,8 +39,13 @@ class TfoMode(enum.IntFlag):
         return [f"{str(flag.name).lower()} (0x{flag.value:x})" for flag in TfoMode if flag in self]
 
 
-def _path(name: str) -> Path:
-    return PROC_SYS / name.replace(".", "/")
+def _path(name: str) -> str:
+    return f"{PROC_SYS}/{name.replace('.', '/')}"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
 
 
 def read_sysctl(name: str) -> str:
@@ -50,7 +55,7 @@ def read_sysctl(name: str) -> str:
         KernelFeatureError: this kernel has no such sysctl.
     """
     try:
-        return _path(name).read_text().strip()
+        return _read(_path(name)).strip()
     except FileNotFoundError as exc:
         raise KernelFeatureError(
             f"this kernel has no {name}", "TCP Fast Open needs Linux 3.7+ (4.11+ for all of it)"
@@ -65,7 +70,8 @@ def write_sysctl(name: str, value: str | int) -> None:
         KernelFeatureError: this kernel has no such sysctl.
     """
     try:
-        _path(name).write_text(f"{value}\n")
+        with open(_path(name), "w") as f:
+            f.write(f"{value}\n")
     except PermissionError as exc:
         raise PermissionNeeded(f"setting {name} needs root (sysctl -w {name}={value})") from exc
     except FileNotFoundError as exc:
@@ -168,4 +174,4 @@ def parse_netstat(text: str) -> FastOpenCounters:
 
 def read_counters() -> FastOpenCounters:
     """Returns a snapshot of the caller's namespace's Fast Open counters."""
-    return parse_netstat(NETSTAT.read_text())
+    return parse_netstat(_read(NETSTAT))

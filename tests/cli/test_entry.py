@@ -1,0 +1,78 @@
+"""The console entry: ``dnstfo query`` runs without click; everything else goes through it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dnstfo.cli import digargs
+from dnstfo.errors import UsageError
+
+PROBE = """
+import sys
+from dnstfo.cli import entry
+sys.argv = ["dnstfo", *sys.argv[1:]]
+try:
+    entry()
+except SystemExit as exc:
+    print("exit", exc.code, "click" in sys.modules, file=sys.stderr)
+"""
+
+
+def run_entry(*args: str) -> tuple[str, str]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=30
+    )
+    *_, last = proc.stderr.strip().splitlines()
+    return proc.stdout, last
+
+
+def test_query_runs_without_importing_click() -> None:
+    # Port 1 on loopback: refused at once, so the whole path runs with no server.
+    _, last = run_entry("query", "example.com", "@127.0.0.1", "-p", "1", "+timeout=1")
+    assert last == "exit 9 False"
+
+
+def test_query_usage_error_without_click() -> None:
+    _, last = run_entry("query", "+bogus")
+    assert last == "exit 2 False"
+
+
+def test_query_help_goes_through_click() -> None:
+    out, last = run_entry("query", "--help")
+    assert "+compare" in out
+    assert last == "exit 0 True"
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [
+        (["-p", "5353"], {"port": 5353}),
+        (["-p5353"], {"port": 5353}),
+        (["--port=5353"], {"port": 5353}),
+        (["-b", "127.0.0.2", "-6"], {"source": "127.0.0.2", "family": 6}),
+        (["--method", "connect", "--timeout", "2"], {"method": "connect", "timeout": 2.0}),
+        (["--notfo", "+tfo"], {"tfo": True}),
+        (["+notfo", "--short"], {"tfo": False, "short": True}),
+    ],
+)
+def test_dash_options(words: list[str], expected: dict[str, object]) -> None:
+    parsed = digargs.parse(["example.com", *words])
+    assert {k: getattr(parsed, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("words", "message"),
+    [
+        (["-4", "-6"], "exclude each other"),
+        (["-p"], "needs a value"),
+        (["-x"], "unknown option -x"),
+        (["--method", "carrier-pigeon"], "sendto or connect"),
+        (["--short=yes"], "unknown option"),
+    ],
+)
+def test_dash_option_errors(words: list[str], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        digargs.parse(words)
