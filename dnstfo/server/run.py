@@ -38,6 +38,8 @@ def _serve(
     metrics: bool,
     on_ready: Callable[[DnsServer], None] | None,
 ) -> None:
+    # A SIGHUP before the loop's handler is installed must not end the process.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     authority = load_authority(config)
     server = DnsServer(config, listeners, authority)
     if metrics and config.metrics is not None:
@@ -87,6 +89,15 @@ def run(config: ServerConfig, *, on_ready: Callable[[DnsServer], None] | None = 
     return _supervise(config, sets, on_ready)
 
 
+def _die_with_parent() -> None:
+    """Asks the kernel to SIGTERM this worker when the supervisor dies (PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def _supervise(
     config: ServerConfig,
     sets: list[list[ListenerPair]],
@@ -94,11 +105,22 @@ def _supervise(
 ) -> int:
     """Forks one worker per socket set and relays signals until they all exit."""
     pids: list[int] = []
+
+    def relay(signum: int, _frame: object) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    relayed = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, relay) for sig in relayed}
     for index, pairs in enumerate(sets):
         pid = os.fork()
         if pid == 0:
             code = 0
             try:
+                for sig in relayed:
+                    signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
+                _die_with_parent()
                 for other in sets:
                     if other is not pairs:
                         for pair in other:
@@ -115,15 +137,6 @@ def _supervise(
         for pair in pairs:
             pair.close()
     log.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
-
-    def relay(signum: int, _frame: object) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    previous = {
-        sig: signal.signal(sig, relay) for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-    }
     status = 0
     try:
         for pid in pids:

@@ -1,0 +1,199 @@
+"""``dnstfo serve`` and ``dnstfo keygen``: option parsing, config file, key files."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+from click.testing import CliRunner
+
+from dnstfo.cli import main
+from dnstfo.cli.serve import build_config
+from dnstfo.errors import UsageError
+from dnstfo.kernel.sockets import TfoKey
+from dnstfo.server.config import Endpoint, QueryLog
+
+OPTIONS = {"zone": None, "listen": (), "config": None, "axfr_allow": ()}
+
+
+def options(**given: object) -> dict[str, object]:
+    return {**OPTIONS, **given}
+
+
+def test_defaults() -> None:
+    config = build_config(options(zone="zones"))
+    assert config.listen == (Endpoint("127.0.0.1", 5353),)
+    assert config.query_log is QueryLog.OFF
+    assert config.axfr_allow == ()
+    assert config.limits.connection.idle_timeout_ns == 10_000_000_000
+
+
+def test_listen_forms() -> None:
+    config = build_config(options(zone="z", listen=("127.0.0.1", "[::1]:53", "192.0.2.1:8053")))
+    assert config.listen == (
+        Endpoint("127.0.0.1", 5353),
+        Endpoint("::1", 53),
+        Endpoint("192.0.2.1", 8053),
+    )
+
+
+@pytest.mark.parametrize("bad", ["localhost", "[::1", "1.2.3.4:99999", "[::1]x"])
+def test_bad_listen(bad: str) -> None:
+    with pytest.raises(UsageError):
+        build_config(options(zone="z", listen=(bad,)))
+
+
+def test_config_file_and_override(tmp_path: Path) -> None:
+    conf = tmp_path / "serve.toml"
+    conf.write_text(
+        'zone = "zones"\nlisten = ["[::1]:5300"]\nworkers = 2\nquery-log = "json"\n'
+        'axfr-allow = ["192.0.2.0/24"]\ntfo-queue = 64\n'
+        "[limits]\nidle-timeout = 3\nmax-per-client = 9\n"
+    )
+    config = build_config(options(config=str(conf)))
+    assert config.listen == (Endpoint("::1", 5300),)
+    assert config.workers == 2
+    assert config.tfo_queue == 64
+    assert config.query_log is QueryLog.JSON
+    assert config.axfr_allow == (ipaddress.ip_network("192.0.2.0/24"),)
+    assert config.limits.max_per_client == 9
+    assert config.limits.connection.idle_timeout_ns == 3_000_000_000
+    overridden = build_config(
+        options(config=str(conf), workers=1, listen=("127.0.0.2:53",), idle_timeout=1.5)
+    )
+    assert overridden.workers == 1
+    assert overridden.listen == (Endpoint("127.0.0.2", 53),)
+    assert overridden.limits.connection.idle_timeout_ns == 1_500_000_000
+    assert overridden.limits.max_per_client == 9  # still from the file
+
+
+def test_config_file_unknown_key(tmp_path: Path) -> None:
+    conf = tmp_path / "serve.toml"
+    conf.write_text('zone = "z"\nlisten-on = "x"\n')
+    result = CliRunner().invoke(main, ["serve", "--config", str(conf)])
+    assert result.exit_code == 1
+    assert "unknown keys listen-on" in result.output
+
+
+def test_serve_needs_a_zone() -> None:
+    result = CliRunner().invoke(main, ["serve"])
+    assert result.exit_code == 1
+    assert "zone directory is needed" in result.output
+
+
+def test_help_names_the_default_listen_address() -> None:
+    result = CliRunner().invoke(main, ["serve", "--help"])
+    assert result.exit_code == 0
+    assert "127.0.0.1:5353" in result.output
+
+
+def test_keygen_writes_a_0600_key(tmp_path: Path) -> None:
+    path = tmp_path / "tfo.key"
+    old_umask = os.umask(0)  # even a permissive umask must not widen the mode
+    try:
+        result = CliRunner().invoke(main, ["keygen", "-o", str(path)])
+    finally:
+        os.umask(old_umask)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = TfoKey.parse(path.read_text())
+    assert key.backup is None
+    assert path.read_text().strip() == key.text()
+
+
+def test_keygen_prints_a_key() -> None:
+    result = CliRunner().invoke(main, ["keygen"])
+    assert result.exit_code == 0
+    TfoKey.parse(result.output)
+
+
+def test_group_readable_key_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tfo.key"
+    CliRunner().invoke(main, ["keygen", "-o", str(path)])
+    path.chmod(0o640)
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    result = CliRunner().invoke(
+        main, ["serve", "--zone", str(zones), "--listen", "127.0.0.1:0", "--tfo-key", str(path)]
+    )
+    assert result.exit_code == 1
+    assert "accessible by group or others" in result.output
+    assert "chmod 600" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_answer(port: int, name: str, within: float = 10.0) -> dns.message.Message:
+    deadline = time.monotonic() + within
+    q = dns.message.make_query(name, "A")
+    while True:
+        try:
+            return dns.query.tcp(q, "127.0.0.1", port=port, timeout=1)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def fetch(url: str, within: float = 10.0) -> str:
+    """GETs a URL, retrying while the server is still starting (bounded)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_serve_process_sighup_reload_and_sigterm(tmp_path: Path, workers: int) -> None:
+    zones = tmp_path / "zones"
+    zones.mkdir()
+    zone = zones / "t.example.zone"
+    zone.write_text("$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\nw A 192.0.2.7\n")
+    port = free_port()
+    metrics = free_port()
+    argv = [str(Path(sys.executable).parent / "dnstfo"), "serve", "--zone", str(zones)]
+    argv += ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    argv += ["--metrics", f"127.0.0.1:{metrics}", "--query-log", "json"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert "192.0.2.7" in wait_for_answer(port, "w.t.example.").to_text()
+        zone.write_text(zone.read_text().replace("192.0.2.7", "192.0.2.8"))
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "192.0.2.8" not in wait_for_answer(port, "w.t.example.").to_text():
+            assert time.monotonic() < deadline, "reload did not happen"
+            time.sleep(0.1)
+        text = fetch(f"http://127.0.0.1:{metrics}/metrics")
+        if workers == 1:  # with workers, metrics are the first worker's (it may have had none)
+            assert 'dnstfo_queries_total{rcode="NOERROR",transport="tcp"}' in text
+        assert "dnstfo_kernel_tcp_passive_total" in text
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, started here
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "stopped:" in err  # the summary, once per worker
+    assert err.count("stopped:") == workers
+    assert '"qname":"w.t.example."' in err
