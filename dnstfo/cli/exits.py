@@ -6,7 +6,7 @@ import enum
 
 
 class Exit(enum.IntEnum):
-    """Process exit statuses; documented in docs/query-json.md."""
+    """Process exit statuses; documented in the README."""
 
     OK = 0
     """An answer arrived (any RCODE, as with dig); with +compare: TFO worked."""

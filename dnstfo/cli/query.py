@@ -86,7 +86,7 @@ Options (each +option also works as --option, e.g. +timeout=2 or --timeout 2):
   -b ADDR          source address to bind
   -4, -6           use only IPv4 or only IPv6
   +short           only the answer data
-  +json            one JSON object per query (fields: docs/query-json.md)
+  +json            one JSON object per query (fields in the README)
   +dnssec          set the DO bit
   +norecurse       clear RD
   +timeout=S       seconds per try (default 5)

@@ -1,7 +1,7 @@
 """Rendering of results as text (dig's layout plus a ``;; TFO`` block) or JSON.
 
 The only module that writes to stdout. The JSON field names are a stable interface,
-documented in docs/query-json.md: add fields, never rename them.
+documented in the README: add fields, never rename them.
 """
 
 from __future__ import annotations
@@ -222,7 +222,7 @@ def message_json(message: dns.message.Message) -> dict[str, Any]:
 
 
 def tfo_json(tfo: TfoReport) -> dict[str, Any]:
-    """The TFO report as JSON members (names documented in docs/query-json.md)."""
+    """The TFO report as JSON members (names documented in the README)."""
     b, a, t, v = tfo.before, tfo.after, tfo.timings, tfo.verdict
     return {
         "requested": tfo.requested,

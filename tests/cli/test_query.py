@@ -13,7 +13,7 @@ from dnstfo.cli import digargs, main
 from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.errors import UsageError
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "query-json.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
