@@ -57,7 +57,9 @@ class QueryLogger:
         latency_ns: int,
     ) -> None:
         """Logs one query (INFO level)."""
-        qtype_text = dns.rdatatype.to_text(qtype) if qtype is not None else "-"
+        qtype_text = (
+            dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype is not None else "-"
+        )
         if self.mode is QueryLog.JSON:
             line = json.dumps(
                 {

@@ -43,9 +43,13 @@ _LIMIT_OF_REASON = {
 }
 
 
-def _formerr(query: bytes) -> bytes:
-    """A FORMERR response to a query that parsed but broke an option's rules."""
-    response = dns.message.make_response(dns.message.from_wire(query), pad=0)
+def _formerr(query: bytes, fallback: bytes) -> bytes:
+    """A FORMERR response to a query that broke an option's rules (``fallback`` if the
+    query does not parse: the responder has then answered it already)."""
+    try:
+        response = dns.message.make_response(dns.message.from_wire(query), pad=0)
+    except Exception:  # remote bytes: any parser failure
+        return fallback
     response.set_rcode(dns.rcode.FORMERR)
     return response.to_wire()
 
@@ -136,7 +140,7 @@ class TcpSession:
             if wire is None:
                 stats.dropped += 1
                 continue
-            rcode = reply.rcode
+            rcode: int | None = reply.rcode
             if message[11] or message[10]:  # ARCOUNT > 0: maybe an OPT with keepalive
                 wire, rcode = self._keepalive(message, wire, rcode, now)
             out.append(len(wire).to_bytes(2, "big"))
@@ -170,8 +174,8 @@ class TcpSession:
         request = keepalive_request(query)
         if request is _EMPTY:
             return add_keepalive(wire, self.conn.keepalive(now)), rcode
-        if request is KeepaliveRequest.MALFORMED:
-            return _formerr(query), dns.rcode.FORMERR
+        if request is KeepaliveRequest.MALFORMED and rcode != dns.rcode.FORMERR:
+            return _formerr(query, wire), dns.rcode.FORMERR
         return wire, rcode
 
     def next_transfer_chunk(self, now: int, budget: int = 65536) -> bytes:

@@ -22,7 +22,9 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from dnstfo.answer.responder import Responder
 from dnstfo.errors import NetworkError
@@ -41,7 +43,9 @@ _now = time.monotonic_ns
 class ConnectionAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Prefixes log lines with the client's address."""
 
-    def process(self, msg: object, kwargs: object) -> tuple[object, object]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         return f"[{self.extra['client']}] {msg}", kwargs  # type: ignore[index]
 
 
@@ -83,6 +87,7 @@ class TcpConnection(asyncio.Protocol):
         self.log: logging.LoggerAdapter = log  # type: ignore[assignment,type-arg]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # a TCP transport
         ctx = self.ctx
         stats = ctx.stats
         now = _now()
@@ -104,13 +109,13 @@ class TcpConnection(asyncio.Protocol):
         syn_data = False
         sock = transport.get_extra_info("socket")
         try:
-            info = tcp_info(sock)  # type: ignore[arg-type]
+            info = tcp_info(sock)
             syn_data = info.syn_data
             if syn_data or info.tfo_child:
                 stats.tfo_connections += 1
         except NetworkError as exc:
             self.log.debug("no TCP_INFO: %s", exc)
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self._client = client
         ctx.connections.add(self)
         ctx.per_client[client] += 1

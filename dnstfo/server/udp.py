@@ -51,7 +51,7 @@ class UdpServer(asyncio.DatagramProtocol):
         if started:
             self.query_log.record(
                 client=client,
-                port=int(addr[1]),  # type: ignore[call-overload]
+                port=int(addr[1]),  # type: ignore[arg-type]
                 qname=reply.qname,
                 qtype=reply.qtype,
                 rcode=reply.rcode,

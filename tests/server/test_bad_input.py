@@ -6,6 +6,7 @@ import resource
 import socket
 import time
 
+import dns.edns
 import dns.message
 import dns.query
 import dns.rcode
@@ -170,3 +171,13 @@ def test_1000_connections_idle_and_dripping_do_not_stop_others(make_server) -> N
     finally:
         for sock in idle + drips:
             sock.close()
+
+
+def test_bad_keepalive_in_an_unparseable_query_does_not_crash() -> None:
+    option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x00\x05")
+    wire = bytearray(
+        dns.message.make_query("a.example.", "A", use_edns=0, options=[option]).to_wire()
+    )
+    wire[5] = 2  # QDCOUNT 2 with one question: does not parse
+    (answer,) = FrameDecoder().feed(session().receive(frame(bytes(wire)), 0))
+    assert answer[3] & 0xF == dns.rcode.FORMERR
