@@ -143,7 +143,7 @@ class Run:
 
     ns: str
     tmp: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    procs: list[subprocess.Popen[Any]] = field(default_factory=list)
 
 
 # ---- processes and the namespace -------------------------------------------------------
@@ -185,13 +185,16 @@ def make_namespace() -> str:
     return ns
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """Ends a process group we started: SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """Ends a process (group) we started: SIGTERM, then SIGKILL after STOP_TIMEOUT_S."""
     if proc.poll() is not None:
         return
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
+            try:
+                os.killpg(proc.pid, sig)  # its own group (start_new_session)
+            except ProcessLookupError:
+                proc.send_signal(sig)
         try:
             proc.wait(timeout=STOP_TIMEOUT_S)
             return
@@ -199,7 +202,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             continue
 
 
-def spawn(run: Run, argv: list[str], log_path: Path, **kw: Any) -> subprocess.Popen[bytes]:
+def spawn(run: Run, argv: list[str], log_path: Path, **kw: Any) -> subprocess.Popen[Any]:
     """Starts a long-lived process in its own process group, remembered for cleanup."""
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(
@@ -322,7 +325,7 @@ zone:
 """
 
 
-def start_knot(run: Run, shim: Path, backlog: int) -> subprocess.Popen[bytes]:
+def start_knot(run: Run, shim: Path, backlog: int) -> subprocess.Popen[Any]:
     conf = run.tmp / "knot.conf"
     for sub in ("knot-run", "knot-db"):
         (run.tmp / sub).mkdir(exist_ok=True)
@@ -335,7 +338,7 @@ def start_knot(run: Run, shim: Path, backlog: int) -> subprocess.Popen[bytes]:
     return spawn(run, argv, run.tmp / "knot.log", env=env)
 
 
-def start_dnstfo(run: Run, tfo_queue: int) -> subprocess.Popen[bytes]:
+def start_dnstfo(run: Run, tfo_queue: int) -> subprocess.Popen[Any]:
     if not DNSTFO.exists():
         raise RuntimeError(f"{DNSTFO} not found: install the package (make test) first")
     help_text = subprocess.run(
@@ -360,9 +363,7 @@ def start_dnstfo(run: Run, tfo_queue: int) -> subprocess.Popen[bytes]:
     return spawn(run, in_ns(run, argv, cpu=SERVER_CPU), run.tmp / "dnstfo.log")
 
 
-def wait_ready(
-    run: Run, name: str, proc: subprocess.Popen[bytes], loadgen: Path, wire: Path
-) -> None:
+def wait_ready(run: Run, name: str, proc: subprocess.Popen[Any], loadgen: Path, wire: Path) -> None:
     """Waits until the server answers a query over TCP (bounded by READY_TIMEOUT_S)."""
     port = str(PORTS[name])
     deadline = time.monotonic() + READY_TIMEOUT_S
@@ -403,6 +404,7 @@ def run_loadgen(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     run.procs.append(proc)
     time.sleep(cfg.warmup)
@@ -441,7 +443,10 @@ def run_dnsperf(run: Run, text: Path, port: int, cfg: Config) -> dict[str, Any]:
     out_path = run.tmp / "dnsperf.out"
     with open(out_path, "wb") as out:
         proc = subprocess.Popen(
-            in_ns(run, argv, cpu=CLIENT_CPU), stdout=out, stderr=subprocess.STDOUT
+            in_ns(run, argv, cpu=CLIENT_CPU),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     run.procs.append(proc)
     time.sleep(min(1.0, cfg.duration / 2))
