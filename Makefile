@@ -21,6 +21,7 @@ demo: $(STAMP) sysdeps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dnstfo tests bench
 	$(VENV)/bin/ruff format --check dnstfo tests bench
+	$(VENV)/bin/mypy
 
 test: $(STAMP) sysdeps lint
 	$(PY) -m pytest

@@ -95,7 +95,7 @@ def _at_node(by_type: RRsetsByType | None, owner: dns.name.Name, qtype: int) -> 
     if qtype == dns.rdatatype.ANY:
         # RFC 8482 §4.2: answer with one RRset only.
         return Lookup(Outcome.ANSWER, _owned_by(by_type[min(by_type)], owner))
-    rrset = by_type.get(qtype)  # type: ignore[call-overload]
+    rrset = by_type.get(qtype)
     if rrset is not None:
         return Lookup(Outcome.ANSWER, _owned_by(rrset, owner))
     cname = by_type.get(dns.rdatatype.CNAME)

@@ -39,7 +39,8 @@ _SKIPPED_SUFFIXES = ("~", ".swp", ".bak", ".tmp", ".orig", ".dpkg-old", ".dpkg-n
 _LINE_IN_MESSAGE = re.compile(r":(\d+): (.*)$", re.DOTALL)
 _ORIGIN_DIRECTIVE = re.compile(r"\$ORIGIN\b", re.IGNORECASE)
 
-RRsetsByType = Mapping[dns.rdatatype.RdataType, dns.rrset.RRset]
+#: Keyed by type code: RdataType members are ints, and lookups use the query's int QTYPE.
+RRsetsByType = Mapping[int, dns.rrset.RRset]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +82,11 @@ class LoadedZone:
         """
         origin = zone.origin
         assert origin is not None
-        rrsets: dict[dns.name.Name, dict[dns.rdatatype.RdataType, dns.rrset.RRset]] = {}
+        rrsets: dict[dns.name.Name, dict[int, dns.rrset.RRset]] = {}
         names: set[dns.name.Name] = set()
         cuts: set[dns.name.Name] = set()
         for name, node in zone.nodes.items():
-            by_type = {}
+            by_type: dict[int, dns.rrset.RRset] = {}
             for rdataset in node.rdatasets:
                 rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
                 rrset.update(rdataset)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from dnstfo.errors import UsageError
 
@@ -95,7 +96,9 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
     Raises:
         UsageError: an unknown option, a bad value, or too many positional words.
     """
-    values: dict[str, object] = {}
+    # DigArgs field -> value, of that field's type (keys come from tables: a TypedDict cannot
+    # check them, so the values are Any).
+    values: dict[str, Any] = {}
     positional: list[str] = []
     rest = iter(words)
     for word in rest:
@@ -125,10 +128,10 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
             values["name"] = word
         else:
             raise UsageError(f"unexpected argument {word!r}")
-    return DigArgs(**values)  # type: ignore[arg-type]
+    return DigArgs(**values)
 
 
-def _dash(word: str, rest: Iterator[str], values: dict[str, object]) -> None:
+def _dash(word: str, rest: Iterator[str], values: dict[str, Any]) -> None:
     """``-p 53``, ``-p53``, ``-b ADDR``, ``--method connect``, ``--timeout=2``, ``--short``."""
     name, sep, raw = word.partition("=")
     has_value = bool(sep)
@@ -156,7 +159,7 @@ def _dash(word: str, rest: Iterator[str], values: dict[str, object]) -> None:
         _plus(f"{name[2:]}={raw}", values)
 
 
-def _plus(option: str, values: dict[str, object]) -> None:
+def _plus(option: str, values: dict[str, Any]) -> None:
     key, has_value, raw = option.partition("=")
     key = key.lower()
     if key in _VALUES:

@@ -29,6 +29,7 @@ import os
 import select
 import socket
 import time
+from typing import TYPE_CHECKING
 
 from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.message import build_query, parse_response
@@ -47,6 +48,9 @@ from dnstfo.kernel.sockets import client_socket, family_of, send_in_syn
 from dnstfo.kernel.tcpinfo import FastOpenClientFail, TcpInfo, tcp_info
 from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
 from dnstfo.wire.framing import FrameDecoder, frame
+
+if TYPE_CHECKING:
+    import dns.message
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +201,7 @@ def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | No
 
 
 def _one_try(
-    config: QueryConfig, query: object, wire: bytes, clock: Clock, attempt: int
+    config: QueryConfig, query: dns.message.Message, wire: bytes, clock: Clock, attempt: int
 ) -> QueryResult:
     data = frame(wire)
     addr = (config.server, config.port)
@@ -224,7 +228,7 @@ def _one_try(
         done = clock.now_ns()
         info = tcp_info(sock)
         local = sock.getsockname()[:2]
-    response = parse_response(query, message)  # type: ignore[arg-type]
+    response = parse_response(query, message)
     after = _read_after(config, before, at_connect, info, local[0], in_syn, fallback, reason)
     times = PhaseTimes(started, connected, first_byte, done)
     timings = Timings.measure(
@@ -243,7 +247,7 @@ def _one_try(
     )
     return QueryResult(
         config=config,
-        query=query,  # type: ignore[arg-type]
+        query=query,
         response=response,
         query_size=len(wire),
         response_size=len(message),

@@ -383,9 +383,10 @@ class _Relay:
             timeout = None
             if self.heap:
                 timeout = max(0, self.heap[0][0] - time.monotonic_ns()) / 1e9
-            readable, _, _ = select.select([self.control, *fd_direction], [], [], timeout)
+            watched: list[socket.socket | int] = [self.control, *fd_direction]
+            readable, _, _ = select.select(watched, [], [], timeout)
             for fd in readable:
-                if fd is self.control:
+                if isinstance(fd, socket.socket):  # the control socket; the rest are TUN fds
                     if not self.handle_control():
                         return
                 else:

@@ -147,21 +147,22 @@ class Namespace:
         Raises:
             Whatever ``fn`` raised.
         """
-        box: dict[str, Any] = {}
+        values: list[T] = []
+        errors: list[BaseException] = []
 
         def target() -> None:
             try:
                 setns(self.path)
-                box["value"] = fn(*args, **kwargs)
+                values.append(fn(*args, **kwargs))
             except BaseException as exc:
-                box["error"] = exc
+                errors.append(exc)
 
         thread = threading.Thread(target=target, name=f"in-{self.name}", daemon=True)
         thread.start()
         thread.join()
-        if "error" in box:
-            raise box["error"]
-        return box["value"]  # type: ignore[no-any-return]
+        if errors:
+            raise errors[0]
+        return values[0]
 
     def run(
         self,
@@ -205,7 +206,8 @@ class Namespace:
             raise LabError(f"{_name(fn)} in {self.name} died without a result ({child.status})")
         ok, value = pickle.loads(data)
         if ok:
-            return value  # type: ignore[no-any-return]
+            result: T = value  # fn's return value, unpickled (pickle.loads is untyped)
+            return result
         raise value
 
     def spawn(

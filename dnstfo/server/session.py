@@ -141,6 +141,7 @@ class TcpSession:
                 stats.dropped += 1
                 continue
             rcode: int | None = reply.rcode
+            assert rcode is not None  # a reply with a message has an RCODE
             if message[11] or message[10]:  # ARCOUNT > 0: maybe an OPT with keepalive
                 wire, rcode = self._keepalive(message, wire, rcode, now)
             out.append(len(wire).to_bytes(2, "big"))
@@ -151,7 +152,7 @@ class TcpSession:
                 if not self.transfers:
                     conn.response_started()
                 self.transfers.extend(len(m).to_bytes(2, "big") + m for m in reply.more)
-            counts["tcp", rcode] += 1  # type: ignore[index]
+            counts["tcp", rcode] += 1
             if from_syn:
                 stats.syn_data_queries += 1
             if log is not None:
@@ -167,9 +168,7 @@ class TcpSession:
                 )
         return b"".join(out)
 
-    def _keepalive(
-        self, query: bytes, wire: bytes, rcode: int | None, now: int
-    ) -> tuple[bytes, int | None]:
+    def _keepalive(self, query: bytes, wire: bytes, rcode: int, now: int) -> tuple[bytes, int]:
         """RFC 7828: advertise our TIMEOUT when asked; FORMERR for a non-empty option."""
         request = keepalive_request(query)
         if request is _EMPTY:

@@ -13,10 +13,14 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import dns.rcode
 
 from dnstfo.kernel.sysctl import FastOpenCounters, read_counters
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +103,7 @@ class StatsCollector:
     def describe(self) -> list[object]:
         return []  # unchecked collector: the label sets are only known at scrape time
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily
 
         s = self._stats
@@ -135,7 +139,7 @@ class KernelFastOpenCollector:
     def describe(self) -> list[object]:
         return []
 
-    def collect(self) -> Iterator[object]:
+    def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily
 
         try:
@@ -160,7 +164,7 @@ def start_metrics_server(stats: ServerStats, host: str, port: int) -> object:
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats))  # type: ignore[arg-type]
-    registry.register(KernelFastOpenCollector())  # type: ignore[arg-type]
+    registry.register(StatsCollector(stats))
+    registry.register(KernelFastOpenCollector())
     start_http_server(port, addr=host, registry=registry)
     return registry

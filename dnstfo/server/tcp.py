@@ -40,13 +40,15 @@ log = logging.getLogger(__name__)
 _now = time.monotonic_ns
 
 
-class ConnectionAdapter(logging.LoggerAdapter):  # type: ignore[type-arg]
+class ConnectionAdapter(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the client's address."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
-        return f"[{self.extra['client']}] {msg}", kwargs  # type: ignore[index]
+        extra = self.extra
+        assert extra is not None  # always given (TcpConnection.connection_made)
+        return f"[{extra['client']}] {msg}", kwargs
 
 
 @dataclass(slots=True)
@@ -84,7 +86,7 @@ class TcpConnection(asyncio.Protocol):
         self._timer_at: int | None = None
         self._paused = False
         self._client = ""
-        self.log: logging.LoggerAdapter = log  # type: ignore[assignment,type-arg]
+        self.log: logging.Logger | ConnectionAdapter = log
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # a TCP transport
@@ -239,9 +241,11 @@ class TcpConnection(asyncio.Protocol):
             return
         reason = session.conn.handle_timer(_now())
         if reason is not None or session.finished:
-            limit = {CloseReason.IDLE: Limit.IDLE, CloseReason.LIFETIME: Limit.LIFETIME}.get(
-                session.conn.close_reason  # type: ignore[arg-type]
-            )
+            timer_limits: dict[CloseReason | None, Limit] = {
+                CloseReason.IDLE: Limit.IDLE,
+                CloseReason.LIFETIME: Limit.LIFETIME,
+            }
+            limit = timer_limits.get(session.conn.close_reason)
             if limit is not None:
                 session.stats.limits[limit] += 1
             self._close(session.conn.close_reason)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any, cast
 
 from dnstfo.answer.responder import Responder, Transport
 from dnstfo.server.querylog import QueryLogger
@@ -35,9 +36,11 @@ class UdpServer(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A datagram transport, though on Python 3.11 the selector loop's class does not
+        # inherit asyncio.DatagramTransport (so no isinstance check).
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | object, ...]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
         started = time.monotonic_ns() if self.query_log.enabled else 0
         client = addr[0]
         assert isinstance(client, str)
@@ -46,12 +49,14 @@ class UdpServer(asyncio.DatagramProtocol):
         if reply.wire is None:
             stats.dropped += 1
             return
-        self.transport.sendto(reply.wire, addr)  # type: ignore[union-attr]
-        stats.queries["udp", reply.rcode] += 1  # type: ignore[index]
+        assert self.transport is not None  # datagrams only arrive once connected
+        assert reply.rcode is not None  # a reply with a message has an RCODE
+        self.transport.sendto(reply.wire, addr)
+        stats.queries["udp", reply.rcode] += 1
         if started:
             self.query_log.record(
                 client=client,
-                port=int(addr[1]),  # type: ignore[arg-type]
+                port=int(addr[1]),
                 qname=reply.qname,
                 qtype=reply.qtype,
                 rcode=reply.rcode,
