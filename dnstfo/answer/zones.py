@@ -142,13 +142,36 @@ def _has_leading_origin(text: str) -> bool:
     return False
 
 
-def _zone_load_error(path: Path, exc: Exception) -> ZoneLoadError:
+def _zone_load_error(
+    path: Path, exc: Exception, text: str, origin: dns.name.Name | None
+) -> ZoneLoadError:
     """Turns a dnspython exception into a ZoneLoadError, extracting the line when given."""
     message = str(exc) or type(exc).__name__
     match = _LINE_IN_MESSAGE.search(message)
     if match:
-        return ZoneLoadError(str(path), int(match.group(1)), match.group(2))
+        line = _exact_line(text, origin, int(match.group(1)))
+        return ZoneLoadError(str(path), line, match.group(2))
     return ZoneLoadError(str(path), None, message)
+
+
+def _exact_line(text: str, origin: dns.name.Name | None, reported: int) -> int:
+    """The line of the bad record, given the line dnspython reported.
+
+    dnspython reports its tokenizer's line, which is one past the bad record when the
+    error was found after the record's newline had been read (most rdata errors). So if
+    the lines before the reported one fail to parse on their own, the record is the line
+    before it.
+    """
+    if reported <= 1:
+        return reported
+    head = "\n".join(text.splitlines()[: reported - 1]) + "\n"
+    try:
+        dns.zone.from_text(
+            head, origin=origin, relativize=False, check_origin=False, allow_include=False
+        )
+    except (dns.exception.DNSException, ValueError):
+        return reported - 1
+    return reported
 
 
 def load_zone_file(path: Path) -> LoadedZone:
@@ -177,7 +200,7 @@ def load_zone_file(path: Path) -> LoadedZone:
             allow_include=False,  # a zone directory is self-contained
         )
     except (dns.exception.DNSException, ValueError) as exc:
-        raise _zone_load_error(path, exc) from exc
+        raise _zone_load_error(path, exc, text, origin) from exc
     return LoadedZone.from_zone(zone, path)
 
 

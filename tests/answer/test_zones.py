@@ -108,3 +108,25 @@ def test_reload_keeps_old_zone_whose_file_breaks(tmp_path: Path) -> None:
     assert second.zones[name("new.test")].serial == 3
     assert second.zones[name("example.com")].serial == 2024060102
     assert first.zones[name("example.com")].serial == 2024060101  # old one untouched
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "www IN A 300.1.1.1",  # found after the newline was read
+        "www IN A",  # end of line where the address should be
+        "www IN MX 10",
+        "www IN BOGUS x",  # found in mid-line
+        "www IN A 192.0.2.1 extra",
+    ],
+)
+def test_error_line_is_the_bad_record_wherever_the_tokenizer_stopped(
+    tmp_path: Path, bad: str
+) -> None:
+    lines = ["$TTL 60", "@ SOA ns h 1 2 3 4 5", "@ NS ns", "; a comment", bad, "ns A 192.0.2.1"]
+    path = tmp_path / "t.example.zone"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ZoneLoadError) as caught:
+        load_zone_file(path)
+    assert caught.value.line == 5
+    assert str(caught.value).startswith(f"{path}:5: ")

@@ -171,11 +171,6 @@ def test_reload_keeps_old_zone_when_file_breaks(server: ServerThread, caplog) ->
     assert result.zones == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="answer/zones.py passes on dnspython's line, which is one past a bad record at "
-    "the end of its line (the tokenizer has read the newline)",
-)
 def test_reload_error_names_the_exact_line(server: ServerThread) -> None:
     line = break_zone(server)
     (error,) = server.call(server.server.reload).errors
