@@ -110,7 +110,7 @@ class ServerConnection:
         """Feeds received bytes; returns the whole queries they completed, in order.
 
         After the call, check ``closing``: when set, read no more and close once the
-        responses to the returned queries are written (``PROTOCOL_ERROR``: close now).
+        responses to the returned queries are written (after a bad frame too).
 
         Args:
             data: bytes as received.
@@ -126,6 +126,8 @@ class ServerConnection:
         except RemoteProtocolError:
             self._close(CloseReason.PROTOCOL_ERROR)
             return []
+        if self._decoder.error is not None:  # whole queries, then a bad frame
+            self._close(CloseReason.PROTOCOL_ERROR)
         if not messages:
             return messages
         self._idle_since = now

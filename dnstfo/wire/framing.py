@@ -7,7 +7,9 @@ query goes out in one write and therefore fits in the SYN when TCP Fast Open is 
 chunks and hands back whole messages; it gives the same messages whether fed one byte
 at a time or all at once. It enforces a hard size limit before buffering the body, and
 end of stream is explicit: ``feed_eof`` raises if a frame was cut short, so the caller
-can report a truncated stream rather than silently lose a message.
+can report a truncated stream rather than silently lose a message. A bad frame that
+follows whole messages in the same chunk does not cost those messages: they are returned,
+and the error is kept in ``error`` and raised by the next call.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class FrameDecoder:
             ``FrameTooLarge`` before any of its body is buffered.
     """
 
-    __slots__ = ("_buf", "_eof", "max_size")
+    __slots__ = ("_buf", "_eof", "error", "max_size")
 
     def __init__(self, max_size: int = MAX_MESSAGE) -> None:
         if not 0 < max_size <= MAX_MESSAGE:
@@ -46,6 +48,8 @@ class FrameDecoder:
         self.max_size = max_size
         self._buf = bytearray()
         self._eof = False
+        self.error: RemoteProtocolError | None = None
+        """A bad frame seen after the messages last returned; the stream is unusable."""
 
     @property
     def buffered(self) -> int:
@@ -62,12 +66,17 @@ class FrameDecoder:
 
         Returns:
             Zero or more whole messages (without their length prefix). Bytes of an
-            unfinished frame stay buffered for the next call.
+            unfinished frame stay buffered for the next call. When a bad frame follows
+            them, the messages are still returned and ``error`` is set: answer them, then
+            close.
 
         Raises:
             FrameTooLarge: a frame announced more than ``max_size`` bytes.
-            RemoteProtocolError: a zero-length frame, or data after ``feed_eof``.
+            RemoteProtocolError: a zero-length frame, data after ``feed_eof``, or any
+                call after ``error`` was set.
         """
+        if self.error is not None:
+            raise self.error
         if self._eof:
             raise RemoteProtocolError("data after end of stream")
         buf = self._buf
@@ -77,10 +86,8 @@ class FrameDecoder:
         end = len(buf)
         while end - pos >= 2:
             n = (buf[pos] << 8) | buf[pos + 1]
-            if n == 0:
-                raise RemoteProtocolError("zero-length DNS message frame")
-            if n > self.max_size:
-                raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {self.max_size}")
+            if n == 0 or n > self.max_size:
+                return self._fail(out, n)
             if end - pos - 2 < n:
                 break
             out.append(bytes(buf[pos + 2 : pos + 2 + n]))
@@ -89,14 +96,27 @@ class FrameDecoder:
             del buf[:pos]
         return out
 
+    def _fail(self, out: list[bytes], n: int) -> list[bytes]:
+        if n == 0:
+            error: RemoteProtocolError = RemoteProtocolError("zero-length DNS message frame")
+        else:
+            error = FrameTooLarge(f"frame of {n} bytes exceeds the limit of {self.max_size}")
+        self.error = error
+        self._buf.clear()
+        if not out:
+            raise error
+        return out
+
     def feed_eof(self) -> None:
         """Marks the end of the stream.
 
         Raises:
-            RemoteProtocolError: the stream ended inside a frame; the message says how
-                much of it had arrived.
+            RemoteProtocolError: the stream ended inside a frame (the message says how
+                much of it had arrived), or after a bad frame.
         """
         self._eof = True
+        if self.error is not None:
+            raise self.error
         if self._buf:
             have = len(self._buf)
             if have < 2:

@@ -123,6 +123,14 @@ def test_bad_framing_closes(data: bytes) -> None:
     assert c.close_reason is CloseReason.PROTOCOL_ERROR
 
 
+def test_queries_before_bad_framing_are_answered_then_closed() -> None:
+    c = ServerConnection(ConnectionPolicy(max_message=512), 0)
+    assert c.receive_data(frame(b"q1") + frame(b"q2") + b"\x00\x00", 0) == [b"q1", b"q2"]
+    assert c.closing
+    assert c.close_reason is CloseReason.PROTOCOL_ERROR
+    assert c.receive_data(frame(b"q3"), 0) == []
+
+
 def test_eof_inside_a_frame_is_a_protocol_error() -> None:
     c = ServerConnection(ConnectionPolicy(), 0)
     c.receive_data(frame(Q)[:7], 0)

@@ -92,3 +92,16 @@ def test_arbitrary_bytes_parse_or_raise_protocol_error(data: bytes) -> None:
         decoder.feed_eof()
     except RemoteProtocolError:
         pass
+
+
+def test_messages_before_a_bad_frame_are_kept() -> None:
+    decoder = FrameDecoder(max_size=100)
+    assert decoder.feed(frame(b"ok") + b"\x00\x00rest") == [b"ok"]
+    assert isinstance(decoder.error, RemoteProtocolError)
+    with pytest.raises(RemoteProtocolError, match="zero-length"):
+        decoder.feed(b"more")
+    with pytest.raises(RemoteProtocolError, match="zero-length"):
+        decoder.feed_eof()
+    too_big = FrameDecoder(max_size=100)
+    assert too_big.feed(frame(b"a") + frame(b"b") + b"\x01\x00") == [b"a", b"b"]
+    assert isinstance(too_big.error, FrameTooLarge)
