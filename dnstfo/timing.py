@@ -56,8 +56,3 @@ class PhaseTimes:
     def ms(self, end: int | None) -> float | None:
         """Milliseconds from ``started`` to ``end``, or None when ``end`` was not reached."""
         return None if end is None else (end - self.started) / 1e6
-
-
-def ms_to_ns(ms: float) -> int:
-    """Converts milliseconds to integer nanoseconds."""
-    return round(ms * 1_000_000)

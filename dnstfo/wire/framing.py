@@ -56,11 +56,6 @@ class FrameDecoder:
         """Bytes received but not yet returned as a whole message."""
         return len(self._buf)
 
-    @property
-    def mid_frame(self) -> bool:
-        """Whether part of a frame is buffered (the peer has not finished a message)."""
-        return bool(self._buf)
-
     def feed(self, data: bytes) -> list[bytes]:
         """Adds received bytes and returns the messages they completed, in order.
 

@@ -35,7 +35,7 @@ def test_whole_bytewise_and_trailing_bytes() -> None:
     assert decoder.feed(stream + b"\x00\x05xy") == [b"abc", b"de"]
     assert decoder.buffered == 4
     assert decoder.feed(b"zuv") == [b"xyzuv"]
-    assert not decoder.mid_frame
+    assert decoder.buffered == 0
 
 
 def test_size_limit_is_checked_before_the_body_arrives() -> None:
