@@ -33,9 +33,27 @@ def test_mode_in_words() -> None:
 
 
 @pytest.mark.linux
-def test_reads_this_namespace() -> None:
-    assert isinstance(sysctl.fastopen_mode(), TfoMode)
-    assert sysctl.read_counters().active >= 0
+def test_mode_is_the_raw_sysctl_value() -> None:
+    with open("/proc/sys/net/ipv4/tcp_fastopen") as f:
+        assert int(sysctl.fastopen_mode()) == int(f.read(), 0)
+
+
+def _counters_around_exchanges() -> tuple[FastOpenCounters, FastOpenCounters]:
+    from tests.kernel import tfo_loopback
+
+    before = sysctl.read_counters()
+    tfo_loopback.with_keys(["00112233-44556677-8899aabb-ccddeeff"] * 2)
+    return before, sysctl.read_counters()
+
+
+@pytest.mark.netadmin
+def test_counters_count_one_fast_open_each_way(tfo_ns) -> None:  # type: ignore[no-untyped-def]
+    before, after = tfo_ns.run(_counters_around_exchanges)
+    delta = after.delta(before)
+    assert delta.active == 1  # the second exchange: our SYN data acked
+    assert delta.passive == 1  # and accepted by the listener
+    assert delta.cookie_reqd == 1  # the first exchange asked for a cookie
+    assert delta.active_fail == 0
 
 
 @pytest.mark.netadmin
