@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dnstfo.errors import LabError, PermissionNeeded
+from dnstfo.kernel.sysctl import read_sysctl, write_sysctl
 
 log = logging.getLogger(__name__)
 
@@ -260,11 +261,11 @@ class Namespace:
 
     def read_sysctl(self, name: str) -> str:
         """Returns a sysctl's value as seen inside this namespace."""
-        return self.in_thread(_read_proc_sys, name)
+        return self.in_thread(read_sysctl, name)
 
     def write_sysctls(self, values: dict[str, str]) -> None:
         """Sets sysctls inside this namespace (``/proc/sys`` follows the writing thread)."""
-        self.in_thread(_write_proc_sys, values)
+        self.in_thread(_write_sysctls, values)
 
 
 class ChildProcess:
@@ -481,13 +482,9 @@ def _read_all(fd: int, timeout: float) -> bytes:
         chunks.append(chunk)
 
 
-def _read_proc_sys(name: str) -> str:
-    return Path("/proc/sys", *name.split(".")).read_text().strip()
-
-
-def _write_proc_sys(values: dict[str, str]) -> None:
+def _write_sysctls(values: dict[str, str]) -> None:
     for name, value in values.items():
-        Path("/proc/sys", *name.split(".")).write_text(f"{value}\n")
+        write_sysctl(name, value)
 
 
 def _name(fn: Callable[..., object]) -> str:
