@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from dnstfo.kernel import tcp_metrics
 from dnstfo.kernel.sockets import client_socket, family_of, send_in_syn, tfo_listener
-from dnstfo.kernel.tcpinfo import FastOpenClientFail, TcpiOption, tcp_info
+from dnstfo.kernel.tcpinfo import FastOpenClientFail, tcp_info
 from dnstfo.lab.netns import Namespace
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def ping_exchange(address: tuple[str, int], *, timeout: float = 10.0) -> PingExc
         local_port = sock.getsockname()[1]
     return PingExchange(
         elapsed_ns=done - started,
-        syn_data_acked=TcpiOption.SYN_DATA in info.options,
+        syn_data_acked=info.syn_data,
         server_syn_data=b"syn_data=1" in reply,
         client_fail=info.fastopen_client_fail,
         cookie_before=cookie_before,
@@ -113,7 +113,7 @@ def serve_ping(listener: socket.socket, *, timeout: float = 10.0) -> None:
         with conn:
             conn.settimeout(timeout)
             # Read TCP_INFO before anything else: SYN_DATA says the request rode in the SYN.
-            syn_data = TcpiOption.SYN_DATA in tcp_info(conn).options
+            syn_data = tcp_info(conn).syn_data
             try:
                 _read_line(conn)
                 conn.sendall(b"PONG syn_data=%d\n" % syn_data)
