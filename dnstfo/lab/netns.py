@@ -280,15 +280,6 @@ class ChildProcess:
         self.status: int | None = None
         self._pidfd = os.pidfd_open(pid)
 
-    @property
-    def alive(self) -> bool:
-        """True until the child has exited and been reaped."""
-        return self._reap(0.0) is None
-
-    def wait(self, timeout: float) -> int | None:
-        """Waits up to ``timeout`` seconds for the child to exit; returns its wait status."""
-        return self._reap(timeout)
-
     def stop(self, grace: float = 2.0) -> None:
         """Ends the child: SIGTERM, then SIGKILL after ``grace`` seconds; always reaps it."""
         if self.status is not None:

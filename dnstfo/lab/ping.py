@@ -54,10 +54,6 @@ class PingExchange:
         """``elapsed_ns`` in milliseconds."""
         return self.elapsed_ns / 1e6
 
-    def rounds(self, rtt_ms: float) -> float:
-        """The exchange's duration in round trips of ``rtt_ms``."""
-        return self.ms / rtt_ms if rtt_ms > 0 else float("nan")
-
 
 def ping_exchange(address: tuple[str, int], *, timeout: float = 10.0) -> PingExchange:
     """Sends ``PING`` in the SYN (when a cookie allows) and reads the answer.
