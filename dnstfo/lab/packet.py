@@ -9,7 +9,6 @@ in kind 34 went unanswered (``try_exp`` in ``net/ipv4/tcp_input.c``).
 from __future__ import annotations
 
 import enum
-import ipaddress
 import struct
 from dataclasses import dataclass
 
@@ -70,10 +69,6 @@ class TcpSegment:
 
     version: int
     """4 or 6."""
-    src: str
-    """Source IP address."""
-    dst: str
-    """Destination IP address."""
     sport: int
     """Source port."""
     dport: int
@@ -114,8 +109,6 @@ def parse(packet: bytes) -> TcpSegment | None:
         frag = struct.unpack_from("!H", packet, 6)[0] & 0x3FFF
         if packet[9] != IPPROTO_TCP or frag or ihl < 20 or total > len(packet):
             return None
-        src = str(ipaddress.IPv4Address(packet[12:16]))
-        dst = str(ipaddress.IPv4Address(packet[16:20]))
         tcp_offset, end = ihl, total
     elif version == 6:
         if len(packet) < 40 or packet[6] != IPPROTO_TCP:
@@ -123,8 +116,6 @@ def parse(packet: bytes) -> TcpSegment | None:
         end = 40 + struct.unpack_from("!H", packet, 4)[0]
         if end > len(packet):
             return None
-        src = str(ipaddress.IPv6Address(packet[8:24]))
-        dst = str(ipaddress.IPv6Address(packet[24:40]))
         tcp_offset = 40
     else:
         return None
@@ -136,8 +127,6 @@ def parse(packet: bytes) -> TcpSegment | None:
         return None
     return TcpSegment(
         version=version,
-        src=src,
-        dst=dst,
         sport=sport,
         dport=dport,
         flags=TcpFlags(packet[tcp_offset + 13]),
