@@ -194,3 +194,24 @@ def tcp_info(sock: socket.socket) -> TcpInfo:
     except OSError as exc:
         raise NetworkError.from_oserror("reading TCP_INFO", exc) from exc
     return parse_tcp_info(raw)
+
+
+_OPTIONS_END = struct.calcsize(
+    "=" + "".join(code for _, code in _LAYOUT[: _NAMES.index("options") + 1])
+)
+
+
+def tcpi_options(sock: socket.socket) -> int:
+    """Reads only ``tcpi_options`` (:class:`TcpiOption` bits) of a TCP socket's TCP_INFO.
+
+    For a per-connection path that needs the Fast Open flags and not the whole struct: the
+    kernel copies just the first bytes, and nothing is parsed.
+
+    Raises:
+        NetworkError: the socket is not a TCP socket or is closed (errno kept).
+    """
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _OPTIONS_END)
+    except OSError as exc:
+        raise NetworkError.from_oserror("reading TCP_INFO", exc) from exc
+    return raw[_OPTIONS_END - 1]

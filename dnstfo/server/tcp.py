@@ -28,7 +28,7 @@ from typing import Any
 
 from dnstfo.answer.responder import Responder
 from dnstfo.errors import NetworkError
-from dnstfo.kernel.tcpinfo import tcp_info
+from dnstfo.kernel.tcpinfo import TcpiOption, tcpi_options
 from dnstfo.server.config import Limits
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.session import TcpSession
@@ -38,6 +38,8 @@ from dnstfo.wire.connection import CloseReason
 log = logging.getLogger(__name__)
 
 _now = time.monotonic_ns
+_SYN_DATA = int(TcpiOption.SYN_DATA)
+_TFO = int(TcpiOption.SYN_DATA | TcpiOption.TFO_CHILD)
 
 
 class ConnectionAdapter(logging.LoggerAdapter[logging.Logger]):
@@ -108,15 +110,13 @@ class TcpConnection(asyncio.Protocol):
             transport.abort()
             return
         stats.tcp_connections += 1
-        syn_data = False
-        sock = transport.get_extra_info("socket")
         try:
-            info = tcp_info(sock)
-            syn_data = info.syn_data
-            if syn_data or info.tfo_child:
-                stats.tfo_connections += 1
+            options = tcpi_options(transport.get_extra_info("socket"))
         except NetworkError as exc:
+            options = 0
             self.log.debug("no TCP_INFO: %s", exc)
+        if options & _TFO:
+            stats.tfo_connections += 1
         self.transport = transport
         self._client = client
         ctx.connections.add(self)
@@ -126,7 +126,7 @@ class TcpConnection(asyncio.Protocol):
             limits.connection,
             now,
             (client, peer[1]),
-            syn_data,
+            bool(options & _SYN_DATA),
             stats,
             ctx.query_log,
         )
