@@ -22,9 +22,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from dnstfo.answer.responder import Responder
 from dnstfo.errors import NetworkError
@@ -40,17 +38,6 @@ log = logging.getLogger(__name__)
 _now = time.monotonic_ns
 _SYN_DATA = int(TcpiOption.SYN_DATA)
 _TFO = int(TcpiOption.SYN_DATA | TcpiOption.TFO_CHILD)
-
-
-class ConnectionAdapter(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes log lines with the client's address."""
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        extra = self.extra
-        assert extra is not None  # always given (TcpConnection.connection_made)
-        return f"[{extra['client']}] {msg}", kwargs
 
 
 @dataclass(slots=True)
@@ -87,8 +74,8 @@ class TcpConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
         self._paused = False
-        self._client = ""
-        self.log: logging.Logger | ConnectionAdapter = log
+        self._peer: tuple[str, int] = ("", 0)
+        """The client's address and port."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)  # a TCP transport
@@ -97,7 +84,7 @@ class TcpConnection(asyncio.Protocol):
         now = _now()
         peer = transport.get_extra_info("peername")
         client = peer[0]
-        self.log = ConnectionAdapter(log, {"client": f"{client}#{peer[1]}"})
+        self._peer = (client, peer[1])
         limits = ctx.limits
         limit = None
         if len(ctx.connections) >= limits.max_connections:
@@ -106,7 +93,7 @@ class TcpConnection(asyncio.Protocol):
             limit = Limit.PER_CLIENT
         if limit is not None:
             stats.limits[limit] += 1
-            self.log.debug("refused: %s limit", limit.value)
+            self._debug("refused: %s limit", limit.value)
             transport.abort()
             return
         stats.tcp_connections += 1
@@ -114,18 +101,17 @@ class TcpConnection(asyncio.Protocol):
             options = tcpi_options(transport.get_extra_info("socket"))
         except NetworkError as exc:
             options = 0
-            self.log.debug("no TCP_INFO: %s", exc)
+            self._debug("no TCP_INFO: %s", exc)
         if options & _TFO:
             stats.tfo_connections += 1
         self.transport = transport
-        self._client = client
         ctx.connections.add(self)
         ctx.per_client[client] += 1
         self.session = TcpSession(
             ctx.responder,
             limits.connection,
             now,
-            (client, peer[1]),
+            self._peer,
             bool(options & _SYN_DATA),
             stats,
             ctx.query_log,
@@ -185,11 +171,12 @@ class TcpConnection(asyncio.Protocol):
         self.session = None
         ctx = self.ctx
         ctx.connections.discard(self)
-        left = ctx.per_client[self._client] - 1
+        client = self._peer[0]
+        left = ctx.per_client[client] - 1
         if left:
-            ctx.per_client[self._client] = left
+            ctx.per_client[client] = left
         else:
-            del ctx.per_client[self._client]
+            del ctx.per_client[client]
         if not ctx.connections:
             ctx.closed.set()
 
@@ -214,8 +201,13 @@ class TcpConnection(asyncio.Protocol):
 
     def _close(self, reason: CloseReason | None) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.log.debug("closing: %s", reason.value if reason else "-")
+            self._debug("closing: %s", reason.value if reason else "-")
             self.transport.close()  # flushes what was written
+
+    def _debug(self, msg: str, *args: object) -> None:
+        """Logs at DEBUG with the client's address in front (nothing is built when off)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("[%s#%s] " + msg, *self._peer, *args)
 
     def _arm(self) -> None:
         session = self.session
