@@ -57,7 +57,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -324,26 +324,17 @@ def delay_line(
         parent_end.close()
 
 
+_RECORD_FIELDS = tuple(f.name for f in fields(PacketRecord))
+_SENT_NS = _RECORD_FIELDS.index("sent_ns")
+
+
 def _record_from_json(item: list[Any]) -> PacketRecord:
-    (index, direction, received, sent, action, version, size, tcp, sport, dport, flags, tfo,
-     cookie_len, experimental, payload_len) = item  # fmt: skip
-    return PacketRecord(
-        index=index,
-        direction=Direction(direction),
-        received_ns=received,
-        sent_ns=sent,
-        action=Action(action),
-        version=version,
-        size=size,
-        tcp=tcp,
-        sport=sport,
-        dport=dport,
-        flags=TcpFlags(flags),
-        tfo_option=tfo,
-        cookie_len=cookie_len,
-        tfo_experimental=experimental,
-        payload_len=payload_len,
-    )
+    """A :class:`PacketRecord` from the relay's list, which holds its fields in order."""
+    values = dict(zip(_RECORD_FIELDS, item, strict=True))
+    values["direction"] = Direction(values["direction"])
+    values["action"] = Action(values["action"])
+    values["flags"] = TcpFlags(values["flags"])
+    return PacketRecord(**values)
 
 
 # --- the relay process ---------------------------------------------------------------------
@@ -370,20 +361,20 @@ class _Relay:
         self.outbound = {Direction.C2S: fds[Direction.S2C], Direction.S2C: fds[Direction.C2S]}
         self.config = config
         self.rng = random.Random(config.seed)
-        self.heap: list[tuple[int, int, Direction, bytes]] = []
+        # (due, index, direction, packet, its log record): the record gets its send time
+        self.heap: list[tuple[int, int, Direction, bytes, list[Any]]] = []
         self.last_due = dict.fromkeys(Direction, 0)
         self.records: deque[list[Any]] = deque(maxlen=_LOG_LIMIT)
-        self.by_index: dict[int, list[Any]] = {}  # records still waiting in the heap
         self.count = 0
         self.buffer = b""
 
     def run(self) -> None:
         fd_direction = {fd: d for d, fd in self.inbound.items()}
+        watched: list[socket.socket | int] = [self.control, *fd_direction]
         while True:
             timeout = None
             if self.heap:
                 timeout = max(0, self.heap[0][0] - time.monotonic_ns()) / 1e9
-            watched: list[socket.socket | int] = [self.control, *fd_direction]
             readable, _, _ = select.select(watched, [], [], timeout)
             for fd in readable:
                 if isinstance(fd, socket.socket):  # the control socket; the rest are TUN fds
@@ -408,29 +399,14 @@ class _Relay:
             data = packet.strip_tfo(data, segment)
         if action in (Action.FORWARDED, Action.STRIPPED) and self.rng.random() < self.config.loss:
             action = Action.LOST
-        record = [
-            self.count,
-            direction.value,
-            now,
-            None,
-            action.value,
-            data[0] >> 4,
-            len(data),
-            segment is not None,
-            segment.sport if segment else 0,
-            segment.dport if segment else 0,
-            int(segment.flags) if segment else 0,
-            bool(segment and segment.tfo),
-            segment.tfo.cookie_len if segment and segment.tfo else None,
-            bool(segment and segment.tfo and segment.tfo.experimental),
-            segment.payload_len if segment else 0,
-        ]
+        # The fields of PacketRecord, in order (sent_ns is filled in when it leaves).
+        record = [self.count, direction.value, now, None, action.value, data[0] >> 4, len(data)]
+        record += _NOT_TCP if segment is None else _tcp_fields(segment)
         self.records.append(record)
         if action in (Action.FORWARDED, Action.STRIPPED):
             due = max(now + self.delay_ns(direction), self.last_due[direction])
             self.last_due[direction] = due
-            heapq.heappush(self.heap, (due, self.count, direction, data))
-            self.by_index[self.count] = record
+            heapq.heappush(self.heap, (due, self.count, direction, data, record))
         self.count += 1
 
     def judge(self, segment: packet.TcpSegment | None) -> Action:
@@ -457,14 +433,13 @@ class _Relay:
 
     def send_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.monotonic_ns():
-            _, index, direction, data = heapq.heappop(self.heap)
+            _, index, direction, data, record = heapq.heappop(self.heap)
             try:
                 os.write(self.outbound[direction], data)
             except OSError as exc:  # a full device queue is a loss, as on a real link
                 log.debug("write failed for packet %d: %s", index, exc)
                 continue
-            record = self.by_index.pop(index)
-            record[3] = time.monotonic_ns()
+            record[_SENT_NS] = time.monotonic_ns()
 
     def handle_control(self) -> bool:
         """Serves control requests; returns False when the relay should stop."""
@@ -491,6 +466,25 @@ class _Relay:
                 reply = {"error": f"unknown op {op!r}"}
             self.control.sendall(json.dumps(reply).encode() + b"\n")
         return True
+
+
+_NOT_TCP = (False, 0, 0, 0, False, None, False, 0)
+"""The TCP fields of a record (``tcp`` to ``payload_len``) for a packet that is not TCP."""
+
+
+def _tcp_fields(segment: packet.TcpSegment) -> tuple[Any, ...]:
+    """The TCP fields of a record (``tcp`` to ``payload_len``), in PacketRecord's order."""
+    tfo = segment.tfo
+    return (
+        True,
+        segment.sport,
+        segment.dport,
+        int(segment.flags),
+        tfo is not None,
+        None if tfo is None else tfo.cookie_len,
+        tfo is not None and tfo.experimental,
+        segment.payload_len,
+    )
 
 
 def _relay_main(argv: list[str]) -> int:
