@@ -162,15 +162,17 @@ def _wait_listening(lab: Lab, proc: subprocess.Popen[str]) -> None:
         if proc.poll() is not None:
             _, err = proc.communicate()
             raise LabError(f"dnstfo serve exited with status {proc.returncode}: {err.strip()}")
-        if lab.server.run(tcp_listening, PORT, timeout=5.0):
+        if lab.server.in_thread(tcp_listening, PORT):
             return
         time.sleep(0.05)
     raise LabError(f"dnstfo serve did not listen on port {PORT} within {_START_TIMEOUT_S:g} s")
 
 
 def tcp_listening(port: int) -> bool:
-    """Whether an IPv4 TCP socket listens on ``port`` in the caller's namespace."""
-    lines = Path("/proc/self/net/tcp").read_text().splitlines()[1:]
+    """Whether an IPv4 TCP socket listens on ``port`` in the calling thread's namespace."""
+    # thread-self, not self: /proc/self/net follows the main thread, and this runs in a
+    # thread that entered the server namespace (no fork per poll).
+    lines = Path("/proc/thread-self/net/tcp").read_text().splitlines()[1:]
     fields = (line.split() for line in lines)
     return any(f[1].endswith(f":{port:04X}") and f[3] == _TCP_LISTEN for f in fields)
 
