@@ -9,7 +9,8 @@ Three ways to act inside a namespace, from cheapest to most isolated:
 - :meth:`Namespace.in_thread`: a short-lived thread switches itself into the namespace
   (``setns`` acts on the calling thread only) and calls a function there. Use it to *make*
   sockets: a socket keeps the namespace it was created in, so the caller can then use it
-  from anywhere. Not for ``/proc/self/net``, which follows the main thread.
+  from anywhere. Not for ``/proc/self/net``, which follows the main thread (read
+  ``/proc/thread-self/net`` instead).
 - :meth:`Namespace.run`: a forked child enters the namespace, calls a picklable function
   and sends back its return value or exception. Everything in the child (``/proc/self/net``,
   netlink sockets, timing) belongs to the namespace and is undisturbed by the caller's GIL.
@@ -31,6 +32,7 @@ import select
 import signal
 import subprocess
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -456,8 +458,6 @@ def _reset_child_signals() -> None:
 
 def _read_all(fd: int, timeout: float) -> bytes:
     """Reads ``fd`` until EOF, waiting at most ``timeout`` seconds in total."""
-    import time
-
     deadline = time.monotonic() + timeout
     chunks: list[bytes] = []
     while True:
