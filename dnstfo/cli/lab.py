@@ -152,7 +152,7 @@ def demo(count: int, zones: Path | None, **path: Any) -> None:
         sys.exit(EXIT_STORY_FAILED)
 
 
-def _render_lab(running: Any, hints: bool = False) -> None:
+def _render_lab(running: Lab, hints: bool = False) -> None:
     spec = running.spec
     faults = ", ".join(sorted(f.value for f in spec.faults)) or "none"
     click.echo(f"client  {running.client.name}  {running.device} {running.client_v4}"
