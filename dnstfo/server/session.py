@@ -36,10 +36,9 @@ from dnstfo.wire.keepalive import KeepaliveRequest, add_keepalive, keepalive_req
 _TCP = Transport.TCP
 _EMPTY = KeepaliveRequest.EMPTY
 _AXFR = 252
-_LIMIT_OF_REASON = {
-    CloseReason.QUERY_LIMIT: Limit.QUERIES,
-    CloseReason.LIFETIME: Limit.LIFETIME,
+_TIMER_LIMITS: dict[CloseReason | None, Limit] = {
     CloseReason.IDLE: Limit.IDLE,
+    CloseReason.LIFETIME: Limit.LIFETIME,
 }
 
 
@@ -123,8 +122,8 @@ class TcpSession:
             reason = conn.close_reason
             if reason is CloseReason.PROTOCOL_ERROR:
                 stats.protocol_errors += 1
-            elif reason in _LIMIT_OF_REASON:
-                stats.limits[_LIMIT_OF_REASON[reason]] += 1
+            elif reason is CloseReason.QUERY_LIMIT:
+                stats.limits[Limit.QUERIES] += 1
         if not messages:
             return b""
         from_syn = self._first and self.syn_data
@@ -176,6 +175,28 @@ class TcpSession:
         if request is KeepaliveRequest.MALFORMED and rcode != dns.rcode.FORMERR:
             return _formerr(query, wire), dns.rcode.FORMERR
         return wire, rcode
+
+    def handle_timer(self, now: int) -> bool:
+        """Applies the connection's deadlines at ``now``, counting an idle or lifetime close.
+
+        Returns:
+            True when the driver should close now; otherwise re-arm the timer (and stop
+            reading if ``conn.closing``).
+        """
+        conn = self.conn
+        if conn.handle_timer(now) is None and not self.finished:
+            return False
+        limit = _TIMER_LIMITS.get(conn.close_reason)
+        if limit is not None:
+            self.stats.limits[limit] += 1
+        return True
+
+    def receive_eof(self, now: int) -> None:
+        """Notes the client's end of stream (counted as a protocol error inside a frame),
+        and forgets unsent transfer messages: nothing is written after the client closed."""
+        if self.conn.receive_eof():
+            self.stats.protocol_errors += 1
+        self.drop_transfers(now)
 
     def next_transfer_chunk(self, now: int, budget: int = 65536) -> bytes:
         """Takes queued transfer messages worth about ``budget`` bytes, for one write.

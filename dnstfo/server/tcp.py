@@ -136,11 +136,8 @@ class TcpConnection(asyncio.Protocol):
                 self._close(session.conn.close_reason)
 
     def eof_received(self) -> bool:
-        session = self.session
-        if session is not None:
-            if session.conn.receive_eof():
-                session.stats.protocol_errors += 1
-            session.drop_transfers(_now())
+        if self.session is not None:
+            self.session.receive_eof(_now())
         return False  # close our side too: nothing is written after the client closed
 
     def pause_writing(self) -> None:
@@ -231,15 +228,7 @@ class TcpConnection(asyncio.Protocol):
         session = self.session
         if session is None:
             return
-        reason = session.conn.handle_timer(_now())
-        if reason is not None or session.finished:
-            timer_limits: dict[CloseReason | None, Limit] = {
-                CloseReason.IDLE: Limit.IDLE,
-                CloseReason.LIFETIME: Limit.LIFETIME,
-            }
-            limit = timer_limits.get(session.conn.close_reason)
-            if limit is not None:
-                session.stats.limits[limit] += 1
+        if session.handle_timer(_now()):
             self._close(session.conn.close_reason)
             return
         if session.conn.closing and self.transport is not None:
