@@ -37,16 +37,6 @@ def parse_ms(_ctx: click.Context | None, _param: click.Parameter | None, value: 
     return number * 1000 if unit == "s" else number
 
 
-def _rtt_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
-        "--rtt",
-        default="100ms",
-        show_default=True,
-        callback=parse_ms,
-        help="Round-trip time between client and server (100ms, 0.1s).",
-    )(fn)
-
-
 @contextmanager
 def _lab_errors() -> Iterator[None]:
     """Turns library errors into one line and an exit code; Ctrl-C into a quiet exit."""
@@ -74,7 +64,8 @@ def lab() -> None:
 def _path_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options that shape the lab's path: RTT, faults, loss, jitter, TFO sysctls."""
     options = [
-        _rtt_option,
+        click.option("--rtt", default="100ms", show_default=True, callback=parse_ms,
+                     help="Round-trip time between client and server (100ms, 0.1s)."),
         click.option("--fault", "faults", multiple=True,
                      type=click.Choice([f.value for f in Fault]),
                      help="A middlebox fault to play (repeatable)."),
