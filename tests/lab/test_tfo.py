@@ -46,7 +46,7 @@ def packets_of(lab: Lab, x: PingExchange) -> list[PacketRecord]:
     return [
         r
         for r in lab.delay.packets()
-        if r.tcp and port in ((r.sport if r.direction is Direction.C2S else r.dport),)
+        if r.tcp and port == (r.sport if r.direction is Direction.C2S else r.dport)
     ]
 
 
