@@ -89,24 +89,28 @@ def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
     raise last
 
 
-def read_before(server: str, source: str | None) -> TfoBefore:
+def _read_before(server: str, source: str | None) -> TfoBefore:
     """Reads the host's TFO state for ``server`` (cookie, sysctl, blackhole)."""
     try:
-        mode: int | None = int(sysctl.fastopen_mode())
+        mode: sysctl.TfoMode | None = sysctl.fastopen_mode()
     except (DnstfoError, ValueError):
         mode = None
-    try:
-        cookie = tcp_metrics.cookie_for(server, source)
-    except (DnstfoError, OSError) as exc:
-        log.debug("cannot read tcp_metrics: %s", exc)
-        cookie = None
     return TfoBefore(
-        cookie=cookie,
-        client_enabled=mode is not None and bool(mode & sysctl.TfoMode.CLIENT),
-        sysctl=mode,
+        cookie=_cached_cookie(server, source),
+        client_enabled=mode is not None and sysctl.client_enabled(mode),
+        sysctl=None if mode is None else int(mode),
         blackhole_timeout_s=sysctl.blackhole_timeout(),
         blackhole_count=_blackhole_count(),
     )
+
+
+def _cached_cookie(server: str, source: str | None) -> bytes | None:
+    """The cookie tcp_metrics holds for ``server`` (None also when it cannot be read)."""
+    try:
+        return tcp_metrics.cookie_for(server, source)
+    except (DnstfoError, OSError) as exc:
+        log.debug("cannot read tcp_metrics: %s", exc)
+        return None
 
 
 def _blackhole_count() -> int:
@@ -149,32 +153,29 @@ def _open(
     config: QueryConfig, sock: socket.socket, data: bytes, addr: tuple[str, int]
 ) -> tuple[int, Fallback, str | None]:
     """Starts the connection; returns (bytes sent in the SYN, fallback, its reason)."""
-    doing = f"connecting to {addr[0]} port {addr[1]}"
+    fallback, reason = Fallback.NONE, None
     if config.tfo is TfoMethod.SENDTO:
         try:
-            return send_in_syn(sock, data, addr), Fallback.NONE, None
+            return send_in_syn(sock, data, addr), fallback, reason
         except BlockingIOError:
-            return 0, Fallback.NONE, None  # no cookie: the SYN asks for one
+            return 0, fallback, reason  # no cookie: the SYN asks for one
         except KernelFeatureError as exc:
             fallback, reason = Fallback.CLIENT_OFF, str(exc)
-    elif config.tfo is TfoMethod.CONNECT:
-        code = sock.connect_ex(addr)
-        if code == 0:  # deferred: the first write sends the SYN
-            try:
-                return sock.send(data), Fallback.NONE, None
-            except BlockingIOError:
-                return 0, Fallback.NONE, None
-            except OSError as exc:
-                raise NetworkError.from_oserror(doing, exc) from exc
-        if code != errno.EINPROGRESS:
-            raise NetworkError.from_oserror(doing, OSError(code, os.strerror(code)))
-        return 0, Fallback.NONE, None
-    else:
-        fallback, reason = Fallback.NONE, None
     code = sock.connect_ex(addr)
+    if code == 0 and config.tfo is TfoMethod.CONNECT:  # deferred: the first write sends the SYN
+        try:
+            return sock.send(data), fallback, reason
+        except BlockingIOError:
+            return 0, fallback, reason
+        except OSError as exc:
+            raise NetworkError.from_oserror(_connecting(addr), exc) from exc
     if code not in (0, errno.EINPROGRESS):
-        raise NetworkError.from_oserror(doing, OSError(code, os.strerror(code)))
+        raise NetworkError.from_oserror(_connecting(addr), OSError(code, os.strerror(code)))
     return 0, fallback, reason
+
+
+def _connecting(addr: tuple[str, int]) -> str:
+    return f"connecting to {addr[0]} port {addr[1]}"
 
 
 def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | None]:
@@ -205,7 +206,7 @@ def _one_try(
 ) -> QueryResult:
     data = frame(wire)
     addr = (config.server, config.port)
-    before = read_before(config.server, config.source)
+    before = _read_before(config.server, config.source)
     wall = time.time()
     started = clock.now_ns()
     deadline = started + int(config.timeout * 1e9)
@@ -217,9 +218,8 @@ def _one_try(
         in_syn, open_fallback, open_reason = _open(config, sock, data, addr)
         if open_fallback is not Fallback.NONE:
             fallback, reason = open_fallback, open_reason
-        doing = f"connecting to {addr[0]} port {addr[1]}"
         conn.wait(select.POLLOUT, "connect")
-        conn.check_error(doing)
+        conn.check_error(_connecting(addr))
         connected = clock.now_ns()
         at_connect = tcp_info(sock)
         log.debug("connect.complete, %d bytes went in the SYN", in_syn)
@@ -229,7 +229,7 @@ def _one_try(
         info = tcp_info(sock)
         local = sock.getsockname()[:2]
     response = parse_response(query, message)
-    after = _read_after(config, before, at_connect, info, local[0], in_syn, fallback, reason)
+    after = _read_after(config.server, before, at_connect, info, local[0], in_syn, fallback, reason)
     times = PhaseTimes(started, connected, first_byte, done)
     timings = Timings.measure(
         times.ms(connected), times.ms(first_byte), times.ms(done), info.rtt_us, info.min_rtt_us
@@ -311,7 +311,7 @@ def _syn_retransmits(at_connect: TcpInfo, attempted: bool) -> int:
 
 
 def _read_after(
-    config: QueryConfig,
+    server: str,
     before: TfoBefore,
     at_connect: TcpInfo,
     info: TcpInfo,
@@ -320,11 +320,7 @@ def _read_after(
     fallback: Fallback,
     reason: str | None,
 ) -> TfoAfter:
-    try:
-        cookie = tcp_metrics.cookie_for(config.server, local)
-    except (DnstfoError, OSError) as exc:
-        log.debug("cannot read tcp_metrics: %s", exc)
-        cookie = None
+    cookie = _cached_cookie(server, local)
     return TfoAfter(
         attempted=in_syn > 0,
         syn_data_acked=info.syn_data,
