@@ -20,9 +20,8 @@ from dnstfo.server.config import QueryLog
 QUERY_LOGGER = "dnstfo.query"
 
 
-def _rcode_text(rcode: int | None) -> str:
-    if rcode is None:
-        return "-"
+def rcode_name(rcode: int) -> str:
+    """The RCODE's mnemonic (``NXDOMAIN``), or its number when it has none."""
     try:
         return dns.rcode.to_text(dns.rcode.Rcode(rcode))
     except ValueError:
@@ -60,6 +59,7 @@ class QueryLogger:
         qtype_text = (
             dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype is not None else "-"
         )
+        rcode_text = "-" if rcode is None else rcode_name(rcode)
         if self.mode is QueryLog.JSON:
             line = json.dumps(
                 {
@@ -67,7 +67,7 @@ class QueryLogger:
                     "port": port,
                     "qname": qname,
                     "qtype": qtype_text,
-                    "rcode": _rcode_text(rcode),
+                    "rcode": rcode_text,
                     "transport": transport,
                     "tfo": syn_data,
                     "latency_ms": round(latency_ns / 1e6, 3),
@@ -77,7 +77,7 @@ class QueryLogger:
         else:
             mark = " TFO" if syn_data else ""
             line = (
-                f"{client}#{port} {qname or '-'} {qtype_text} {_rcode_text(rcode)} "
+                f"{client}#{port} {qname or '-'} {qtype_text} {rcode_text} "
                 f"{transport}{mark} {latency_ns / 1e6:.3f}ms"
             )
         self._logger.info("%s", line)

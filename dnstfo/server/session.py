@@ -31,6 +31,7 @@ from dnstfo.answer.responder import Responder, Transport
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.stats import Limit, ServerStats
 from dnstfo.wire.connection import CloseReason, ConnectionPolicy, ServerConnection
+from dnstfo.wire.framing import frame
 from dnstfo.wire.keepalive import KeepaliveRequest, add_keepalive, keepalive_request
 
 _TCP = Transport.TCP
@@ -143,14 +144,13 @@ class TcpSession:
             assert rcode is not None  # a reply with a message has an RCODE
             if message[11] or message[10]:  # ARCOUNT > 0: maybe an OPT with keepalive
                 wire, rcode = self._keepalive(message, wire, rcode, now)
-            out.append(len(wire).to_bytes(2, "big"))
-            out.append(wire)
+            out.append(frame(wire))
             if reply.qtype == _AXFR and rcode == 0:
                 stats.axfr += 1
             if reply.more:
                 if not self.transfers:
                     conn.response_started()
-                self.transfers.extend(len(m).to_bytes(2, "big") + m for m in reply.more)
+                self.transfers.extend(map(frame, reply.more))
             counts["tcp", rcode] += 1
             if from_syn:
                 stats.syn_data_queries += 1

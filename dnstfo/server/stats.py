@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING
 
-import dns.rcode
-
 from dnstfo.kernel.sysctl import FastOpenCounters, read_counters
+from dnstfo.server.querylog import rcode_name
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -87,13 +86,6 @@ class ServerStats:
         return ", ".join(parts)
 
 
-def _rcode_name(value: int) -> str:
-    try:
-        return dns.rcode.to_text(dns.rcode.Rcode(value))
-    except ValueError:
-        return str(value)
-
-
 class StatsCollector:
     """A Prometheus collector over :class:`ServerStats`, read at scrape time."""
 
@@ -111,7 +103,7 @@ class StatsCollector:
             "dnstfo_queries", "Queries answered", labels=["transport", "rcode"]
         )
         for (transport, rcode), n in sorted(s.queries.items()):
-            queries.add_metric([transport, _rcode_name(rcode)], n)
+            queries.add_metric([transport, rcode_name(rcode)], n)
         yield queries
         yield CounterMetricFamily("dnstfo_queries_dropped", "Queries not answered", s.dropped)
         yield CounterMetricFamily(

@@ -108,7 +108,7 @@ def add_keepalive(response: bytes, timeout: int) -> bytes:
     pos = _skip_name(response, start)
     rdlen = response[pos + 8] << 8 | response[pos + 9]
     rdata_end = pos + 10 + rdlen
-    option = b"\x00\x0b\x00\x02" + timeout.to_bytes(2, "big")
+    option = KEEPALIVE_CODE.to_bytes(2, "big") + b"\x00\x02" + timeout.to_bytes(2, "big")
     return b"".join(
         (
             response[: pos + 8],
