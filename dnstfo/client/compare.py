@@ -18,7 +18,7 @@ from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
 from dnstfo.client.result import QueryResult
 from dnstfo.client.verdict import Outcome
-from dnstfo.errors import DnstfoError, PermissionNeeded
+from dnstfo.errors import DnstfoError, PermissionNeeded, UsageError
 from dnstfo.timing import Clock
 
 log = logging.getLogger(__name__)
@@ -78,15 +78,18 @@ def compare(config: QueryConfig, *, tfo_queries: int = 3, clock: Clock | None = 
 
     Args:
         config: the query; its ``tfo`` method is used for the TFO steps (SENDTO if OFF).
-        tfo_queries: TFO queries after priming.
+        tfo_queries: TFO queries after priming (at least one).
         clock: the monotonic clock.
 
     Returns:
         All steps with the saving and whether TFO worked.
 
     Raises:
+        UsageError: ``tfo_queries`` is less than one.
         DnstfoError: a query failed outright (timeout, refused, bad response).
     """
+    if tfo_queries < 1:
+        raise UsageError(f"+compare needs at least one TFO query, not {tfo_queries}")
     tfo = config if config.tfo_requested else replace(config, tfo=TfoMethod.SENDTO)
     steps = [CompareStep(Step.BASELINE, exchange(replace(config, tfo=TfoMethod.OFF), clock=clock))]
     deleted, note = _forget_cookie(config.server)
@@ -95,22 +98,23 @@ def compare(config: QueryConfig, *, tfo_queries: int = 3, clock: Clock | None = 
     tfo_steps = [s.result for s in steps if s.step is Step.TFO]
     failed = next((r for r in tfo_steps if not r.tfo.verdict.tfo_worked), None)
     baseline = steps[0].result.tfo.timings
+    baseline_ms = baseline.total_ms or 0.0
     tfo_ms = statistics.median(r.tfo.timings.total_ms or 0.0 for r in tfo_steps)
     tfo_rounds = [r.tfo.timings.rounds for r in tfo_steps if r.tfo.timings.rounds is not None]
     if failed is None:
-        reason = tfo_steps[-1].tfo.verdict.text if tfo_steps else "no TFO queries were made"
+        reason = tfo_steps[-1].tfo.verdict.text
     else:
         reason = f"TFO did not work: {failed.tfo.verdict.text}"
     return Comparison(
         steps=tuple(steps),
         cookie_deleted=deleted,
         cookie_note=note,
-        baseline_ms=baseline.total_ms or 0.0,
+        baseline_ms=baseline_ms,
         tfo_ms=tfo_ms,
-        saving_ms=(baseline.total_ms or 0.0) - tfo_ms,
+        saving_ms=baseline_ms - tfo_ms,
         baseline_rounds=baseline.rounds,
         tfo_rounds=statistics.median(tfo_rounds) if tfo_rounds else None,
-        worked=failed is None and bool(tfo_steps),
+        worked=failed is None,
         failure=None if failed is None else failed.tfo.verdict.outcome,
         reason=reason,
     )
