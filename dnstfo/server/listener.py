@@ -89,21 +89,16 @@ def open_listeners(
     return pairs
 
 
-def warn_if_tfo_off() -> bool:
-    """Logs a warning with the sysctl to set when this namespace refuses SYN data.
-
-    Returns:
-        True when the server bit is on.
-    """
+def warn_if_tfo_off() -> None:
+    """Logs a warning with the sysctl to set when this namespace refuses SYN data."""
     try:
         enabled = sysctl.server_enabled()
     except KernelFeatureError as exc:
         log.warning("TCP Fast Open unavailable: %s", exc)
-        return False
+        return
     if not enabled:
         log.warning(
             "the kernel does not accept SYN data on this namespace's listeners; "
             "serving without TCP Fast Open. Enable it with: %s",
             sysctl.enable_hint(sysctl.TfoMode.SERVER),
         )
-    return enabled

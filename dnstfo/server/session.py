@@ -70,14 +70,13 @@ class TcpSession:
 
     __slots__ = (
         "_clock",
-        "_first",
+        "_from_syn",
         "client",
         "conn",
         "port",
         "query_log",
         "responder",
         "stats",
-        "syn_data",
         "transfers",
     )
 
@@ -96,12 +95,12 @@ class TcpSession:
         self.responder = responder
         self.conn = ServerConnection(policy, now)
         self.client, self.port = client[0], client[1]
-        self.syn_data = syn_data
         self.stats = stats
         self.query_log = query_log
         self.transfers: deque[bytes] = deque()
         """Framed messages of zone transfers still to write, in order."""
-        self._first = True
+        self._from_syn = syn_data
+        """The next batch is the SYN's: only the first, when the SYN carried data."""
 
     def receive(self, data: bytes, now: int) -> bytes:
         """Answers the queries that ``data`` completed.
@@ -127,8 +126,8 @@ class TcpSession:
                 stats.limits[Limit.QUERIES] += 1
         if not messages:
             return b""
-        from_syn = self._first and self.syn_data
-        self._first = False
+        from_syn = self._from_syn
+        self._from_syn = False
         respond = self.responder.respond
         client = self.client
         counts = stats.queries

@@ -147,8 +147,8 @@ class KernelFastOpenCollector:
             )
 
 
-def start_metrics_server(stats: ServerStats, host: str, port: int) -> object:
-    """Serves ``/metrics`` on host:port in a thread; returns the registry used.
+def start_metrics_server(stats: ServerStats, host: str, port: int) -> None:
+    """Serves ``/metrics`` on host:port in a thread.
 
     Raises:
         OSError: the address cannot be bound.
@@ -159,4 +159,3 @@ def start_metrics_server(stats: ServerStats, host: str, port: int) -> object:
     registry.register(StatsCollector(stats))
     registry.register(KernelFastOpenCollector())
     start_http_server(port, addr=host, registry=registry)
-    return registry

@@ -165,11 +165,6 @@ class ServerConnection:
         if not self._in_flight:
             self._idle_since = now
 
-    @property
-    def busy(self) -> bool:
-        """Whether a long response is still being written."""
-        return self._in_flight > 0
-
     def deadline(self) -> int | None:
         """The next time :meth:`handle_timer` must be called (absolute ns), or None."""
         times = []
