@@ -16,20 +16,18 @@ import dns.message
 import dns.name
 import dns.rcode
 
-from dnstfo.errors import DnstfoError, RemoteProtocolError, ZoneLoadError
+from dnstfo.errors import DnstfoError, RemoteProtocolError
 
-#: Most specific first; the first ``isinstance`` match wins.
+#: Most specific first; the first ``isinstance`` match wins. ``FormError`` also covers
+#: ``BadEDNS`` and dns.name's ``NameTooLong``, ``BadLabelType`` and ``BadPointer``;
+#: ``LabelTooLong`` is a ``SyntaxError``, so it is listed. ``DnstfoError`` covers
+#: ``ZoneLoadError``.
 _RCODES: tuple[tuple[type[BaseException], dns.rcode.Rcode], ...] = (
     (dns.message.UnknownTSIGKey, dns.rcode.NOTAUTH),
-    (dns.message.BadTSIG, dns.rcode.NOTAUTH),
-    (dns.message.BadEDNS, dns.rcode.FORMERR),
+    (dns.message.BadTSIG, dns.rcode.NOTAUTH),  # a FormError, so before it
     (dns.exception.FormError, dns.rcode.FORMERR),
-    (dns.name.NameTooLong, dns.rcode.FORMERR),
     (dns.name.LabelTooLong, dns.rcode.FORMERR),
-    (dns.name.BadLabelType, dns.rcode.FORMERR),
-    (dns.name.BadPointer, dns.rcode.FORMERR),
     (RemoteProtocolError, dns.rcode.FORMERR),
-    (ZoneLoadError, dns.rcode.SERVFAIL),
     (DnstfoError, dns.rcode.SERVFAIL),
 )
 

@@ -20,6 +20,8 @@ from dnstfo.errors import FrameTooLarge, UsageError, ZoneLoadError
         (dns.message.BadEDNS(), dns.rcode.FORMERR),
         (dns.name.BadPointer(), dns.rcode.FORMERR),
         (dns.name.NameTooLong(), dns.rcode.FORMERR),
+        (dns.name.LabelTooLong(), dns.rcode.FORMERR),  # a SyntaxError, not a FormError
+        (dns.name.BadLabelType(), dns.rcode.FORMERR),
         (dns.message.UnknownTSIGKey(), dns.rcode.NOTAUTH),
         (dns.message.BadTSIG(), dns.rcode.NOTAUTH),
         (FrameTooLarge("big"), dns.rcode.FORMERR),
