@@ -73,3 +73,34 @@ def test_sockets_made_in_thread_belong_to_the_namespace() -> None:
             host = socket.socket()
             with host, pytest.raises(ConnectionRefusedError):
                 host.connect(("127.0.0.1", port))  # not in the host namespace
+
+
+_HOLD_A_NAMESPACE = """
+import signal
+from dnstfo.lab.netns import namespace, signals_as_exceptions
+with signals_as_exceptions(), namespace("t") as ns:
+    print(ns.name, flush=True)
+    signal.pause()
+"""
+
+
+def test_namespace_is_removed_when_the_process_gets_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from dnstfo.lab.netns import remove_namespace
+
+    argv = [sys.executable, "-c", _HOLD_A_NAMESPACE]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        name = proc.stdout.readline().strip()
+        try:
+            assert name in lab_namespaces()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=10)
+            assert name not in lab_namespaces()
+        finally:
+            proc.kill()
+            if name.startswith(PREFIX):
+                remove_namespace(name)
