@@ -140,3 +140,19 @@ def test_fastopen_connect_rides_in_the_syn(served):
     r, syns = _query(served, "--method", "connect")
     assert r["tfo"]["verdict"]["outcome"] == "in-syn"
     assert syns[0].payload_len == r["query"]["msgsize"] + 2
+
+
+def test_no_cookie_rides_in_the_syn(served):
+    # 0x200 (TFO_SERVER_COOKIE_NOT_REQD): the server takes SYN data without a cookie.
+    served.lab.server.write_sysctls({"net.ipv4.tcp_fastopen": "0x203"})
+    served.delete_cookie()
+    _set_faults(served)
+    r, syns = _query(served, "+nocookie")
+    t = r["tfo"]
+    assert (t["no_cookie"], t["before"]["cookie_hex"]) == (True, None)
+    assert (t["after"]["syn_data_sent"], t["after"]["syn_data_acked"]) == (True, True)
+    assert t["verdict"]["outcome"] == "in-syn"
+    assert "without a cookie" in t["verdict"]["text"]
+    # Ground truth: the first SYN carried the whole framed query and no TFO option at all.
+    assert syns[0].payload_len == r["query"]["msgsize"] + 2
+    assert (syns[0].tfo_option, syns[0].cookie_len) == (False, None)
