@@ -51,8 +51,6 @@ class LoadedZone:
     """The zone apex."""
     path: Path
     """The file the zone came from."""
-    zone: dns.zone.Zone
-    """The dnspython zone (absolute names), kept for zone transfers."""
     rrsets: Mapping[dns.name.Name, RRsetsByType]
     """Every RRset of the zone by owner name and type."""
     names: frozenset[dns.name.Name]
@@ -107,7 +105,6 @@ class LoadedZone:
         return cls(
             origin=origin,
             path=path,
-            zone=zone,
             rrsets=rrsets,
             names=frozenset(names),
             cuts=frozenset(cuts),
