@@ -17,31 +17,38 @@ sys.argv = ["dnstfo", *sys.argv[1:]]
 try:
     entry()
 except SystemExit as exc:
+    heavy = [m for m in HEAVY if m in sys.modules]
+    print("heavy", *heavy, file=sys.stderr)
     print("exit", exc.code, "click" in sys.modules, file=sys.stderr)
 """
+HEAVY = ("pyroute2", "asyncio", "dns.query", "dns.resolver")
+"""Modules the query path must not import (start-up time); click is checked apart."""
 
 
-def run_entry(*args: str) -> tuple[str, str]:
+def run_entry(*args: str) -> tuple[str, str, str]:
+    """Runs ``entry`` with ``args``; returns stdout, the ``heavy ...`` and ``exit ...`` lines."""
+    probe = f"HEAVY = {HEAVY!r}\n{PROBE}"
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=30
     )
-    *_, last = proc.stderr.strip().splitlines()
-    return proc.stdout, last
+    *_, heavy, last = proc.stderr.strip().splitlines()
+    return proc.stdout, heavy, last
 
 
 def test_query_runs_without_importing_click() -> None:
     # Port 1 on loopback: refused at once, so the whole path runs with no server.
-    _, last = run_entry("query", "example.com", "@127.0.0.1", "-p", "1", "+timeout=1")
+    _, heavy, last = run_entry("query", "example.com", "@127.0.0.1", "-p", "1", "+timeout=1")
     assert last == "exit 9 False"
+    assert heavy == "heavy"  # none of HEAVY was imported
 
 
 def test_query_usage_error_without_click() -> None:
-    _, last = run_entry("query", "+bogus")
+    _, _, last = run_entry("query", "+bogus")
     assert last == "exit 2 False"
 
 
 def test_query_help_goes_through_click() -> None:
-    out, last = run_entry("query", "--help")
+    out, _, last = run_entry("query", "--help")
     assert "+compare" in out
     assert last == "exit 0 True"
 
