@@ -1,5 +1,5 @@
 """Middlebox faults and TFO switched off at either end: the answer still arrives, and the
-report says what went wrong. One lab; faults and sysctls change between cases."""
+report says what went wrong. Each case gets a fresh lab and sets its own faults and sysctls."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import dns.flags
 import dns.message
 import dns.rrset
 
