@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
+import dns.opcode
+import dns.rcode
 import pytest
 
 from dnstfo.kernel.sockets import TfoKey, client_socket, listener_key, send_in_syn
@@ -40,10 +42,10 @@ def ns() -> Iterator[object]:
         yield space
 
 
-def exchange(address: tuple[str, int]) -> tuple[list[bytes], bool]:
+def exchange(address: tuple[str, int], query: bytes = QUERY) -> tuple[list[bytes], bool]:
     """One query sent with MSG_FASTOPEN; returns the answers and client SYN_DATA (acked)."""
     with client_socket(socket.AF_INET) as sock:
-        send_in_syn(sock, frame(QUERY), address)  # blocking: returns once connected
+        send_in_syn(sock, frame(query), address)  # blocking: returns once connected
         sock.settimeout(5)
         answers = read_messages(sock, 1)
         return answers, tcp_info(sock).syn_data
@@ -77,6 +79,24 @@ def test_query_in_syn_is_marked_tfo(ns, zone_dir: Path, caplog) -> None:  # type
     assert " TFO " not in lines[0]
     assert " tcp TFO " in lines[1]
     assert after.delta(before).passive == 1  # the kernel counted one passive TFO
+
+
+def test_update_in_syn_data_is_refused(ns, zone_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """RFC 7413 §6: only idempotent QUERY is answered from SYN data; the server's own
+    TCP_INFO decides, so this holds only if the kernel's SYN_DATA flag reaches the session."""
+    update = dns.message.make_query("www.test.example.", "A")
+    update.set_opcode(dns.opcode.UPDATE)
+    server = start(ns, zone_dir)
+    try:
+        (plain,), acked_plain = ns.in_thread(exchange, server.address, update.to_wire())
+        (in_syn,), acked_in_syn = ns.in_thread(exchange, server.address, update.to_wire())
+    finally:
+        server.stop()
+    assert not acked_plain  # no cookie yet: sent after the handshake
+    assert acked_in_syn
+    assert dns.message.from_wire(plain).rcode() == dns.rcode.NOTIMP
+    assert dns.message.from_wire(in_syn).rcode() == dns.rcode.REFUSED
+    assert server.server.stats.syn_data_queries == 1
 
 
 def cookie_then(ns, zone_dir: Path, first_key: TfoKey, second_key: TfoKey) -> bool:  # type: ignore[no-untyped-def]
