@@ -241,7 +241,7 @@ class Responder:
         question = query.question[0]
         qname, qtype = question.name.to_text(), int(question.rdtype)
         try:
-            return self._answer(query, question, transport, client, authority)
+            return self._answer(query, question, qname, qtype, transport, client, authority)
         except Exception as exc:  # a bug: answer SERVFAIL rather than drop the query
             log.exception("failed to answer %s type %d", qname, qtype)
             return _header_only(wire, rcode_for(exc), qname, qtype)
@@ -250,12 +250,13 @@ class Responder:
         self,
         query: dns.message.Message,
         question: dns.rrset.RRset,
+        qname: str,
+        qtype: int,
         transport: Transport,
         client: str | None,
         authority: Authority,
     ) -> Reply:
         """Steps 4-7: BADVERS, transfers, authoritative answers, EDNS and truncation."""
-        qname, qtype = question.name.to_text(), int(question.rdtype)
         forwardable = False
         if query.edns > 0:
             response = dns.message.make_response(query, pad=0)
