@@ -48,8 +48,6 @@ class QueryConfig:
     """Tries in all: a try that times out is repeated on a new connection, up to this many."""
     edns_payload: int = 1232
     """EDNS0 payload size advertised (0 or less: no EDNS)."""
-    query_id: int | None = None
-    """DNS message ID to use, or None for a random one."""
 
     @property
     def tfo_requested(self) -> bool:

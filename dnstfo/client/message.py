@@ -28,7 +28,6 @@ def build_query(config: QueryConfig) -> dns.message.Message:
             use_edns=0 if config.edns_payload > 0 else False,
             payload=max(config.edns_payload, 512),
             want_dnssec=config.dnssec,
-            id=config.query_id,
         )
     except (dns.exception.DNSException, ValueError) as exc:
         raise UsageError(f"cannot make a query for {config.qname!r}: {exc}") from exc
