@@ -58,9 +58,11 @@ def _rr_lines(rrset: dns.rrset.RRset, question: bool = False) -> list[str]:
 
 
 def _edns_lines(message: dns.message.Message) -> list[str]:
+    import dns.flags
+
     if message.edns < 0:
         return []
-    flags = " do" if message.ednsflags & 0x8000 else ""
+    flags = " do" if message.ednsflags & dns.flags.DO else ""
     lines = [";; OPT PSEUDOSECTION:", f"; EDNS: version: {message.edns}, flags:{flags}; "
              f"udp: {message.payload}"]  # fmt: skip
     lines += [f"; {opt.otype!s}: {opt.to_text()}" for opt in message.options]
@@ -216,7 +218,7 @@ def message_json(message: dns.message.Message) -> dict[str, Any]:
         "additionalRRs": [rr for s in message.additional for rr in _rr_json(s)],
         "EDNS": None if message.edns < 0 else {
             "version": message.edns, "udpSize": message.payload,
-            "DO": bool(message.ednsflags & 0x8000),
+            "DO": bool(message.ednsflags & dns.flags.DO),
         },
     }  # fmt: skip
 
