@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -48,7 +49,7 @@ def test_cookies_list_delete_flush(ns):
         q = ns.exec([DNSTFO, "query", "example.com", f"@{host}", "-p", str(port), "+short"])
         assert q.returncode == 0, q.stderr
     listed = ns.exec([DNSTFO, "cookies", "--json"])
-    (entry,) = __import__("json").loads(listed.stdout)
+    (entry,) = json.loads(listed.stdout)
     assert entry["server"] == "127.0.0.1"
     assert entry["cookie_len"] == 8
     assert ns.exec([DNSTFO, "cookies", "127.0.0.1", "--delete"]).returncode == 0

@@ -77,6 +77,7 @@ def test_strip_tfo_syn(served):
     assert a["syn_data_sent"] is True
     assert a["syn_data_acked"] is False
     assert a["client_fail"] == "data_not_acked"
+    assert a["syn_retransmits"] == 0  # the resent data is not a SYN retransmission
     assert r["tfo"]["verdict"]["outcome"] == "data-not-acked"
     assert syns[0].payload_len > 0
     assert syns[0].action.value == "stripped"
