@@ -49,7 +49,7 @@ class HostState:
     @property
     def client_ready(self) -> bool:
         """Queries can ride in the SYN."""
-        return self.mode is not None and TfoMode.CLIENT in self.mode
+        return self.mode is not None and sysctl.client_enabled(self.mode)
 
     @property
     def server_ready(self) -> bool:
