@@ -30,13 +30,16 @@ from dataclasses import dataclass
 
 import dns.rcode
 
-#: Option codes that never change our answer (RFC 7828, RFC 7830, RFC 7873).
-_KEEPALIVE, _PADDING, _COOKIE = 11, 12, 10
+from dnstfo.wire.framing import MAX_MESSAGE
+from dnstfo.wire.keepalive import KEEPALIVE_CODE, OPT_TYPE
+
+#: Option codes that never change our answer, with KEEPALIVE_CODE (RFC 7830, RFC 7873, RFC 7828).
+_PADDING, _COOKIE = 12, 10
 #: Bytes 4..10 of a plain query header: QDCOUNT 1, ANCOUNT 0, NSCOUNT 0.
 _PLAIN_COUNTS = b"\x00\x01\x00\x00\x00\x00"
 _NO_ADDITIONAL, _ONE_ADDITIONAL = b"\x00\x00", b"\x00\x01"
-#: Root owner name then TYPE 41 (OPT).
-_OPT_HEAD = b"\x00\x00\x29"
+#: Root owner name then TYPE OPT.
+_OPT_HEAD = b"\x00" + OPT_TYPE.to_bytes(2, "big")
 _XFR_TYPES = frozenset((251, 252))  # IXFR, AXFR
 
 
@@ -55,7 +58,7 @@ def _options_ignorable(wire: bytes, start: int, end: int) -> bool:
             # RFC 7873 §4: client cookie 8 octets, optional server cookie 8..32 octets.
             if length != 8 and not 16 <= length <= 40:
                 return False
-        elif code not in (_PADDING, _KEEPALIVE):
+        elif code not in (_PADDING, KEEPALIVE_CODE):
             return False
     return True
 
@@ -94,7 +97,7 @@ def cache_key(wire: bytes, tcp: bool, udp_max: int, udp_default: int) -> bytes |
     if additional == _NO_ADDITIONAL:
         if size != qend:
             return None
-        limit = 65535 if tcp else udp_default
+        limit = MAX_MESSAGE if tcp else udp_default
         return wire[2:qend] + (b"T" if tcp else b"U") + limit.to_bytes(2, "big")
     if additional != _ONE_ADDITIONAL or wire[qend : qend + 3] != _OPT_HEAD:
         return None
@@ -104,7 +107,7 @@ def cache_key(wire: bytes, tcp: bool, udp_max: int, udp_default: int) -> bytes |
     if qend + 11 + rdlen != size or not _options_ignorable(wire, qend + 11, size):
         return None
     if tcp:
-        limit = 65535
+        limit = MAX_MESSAGE
     else:  # RFC 6891 §6.2.5: values below 512 are treated as 512
         payload = wire[qend + 3] << 8 | wire[qend + 4]
         limit = max(udp_default, min(payload, udp_max))

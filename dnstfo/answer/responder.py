@@ -49,13 +49,13 @@ from dnstfo.answer.authority import Authority
 from dnstfo.answer.cache import AnswerCache, CachedAnswer, cache_key
 from dnstfo.answer.rcode import parse_failure_rcode, rcode_for
 from dnstfo.answer.transfer import Network, axfr_allowed, axfr_messages
+from dnstfo.wire.framing import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
 
 _HEADER_SIZE = 12
 _QR = 0x8000
 _ECHOED_IN_ERRORS = 0x7800 | 0x0100  # OPCODE and RD
-_TCP_LIMIT = 65535
 #: Never cached: a malformed query (RFC 1035 §4.1.1) or a failure of ours.
 _UNCACHED = frozenset((dns.rcode.FORMERR, dns.rcode.SERVFAIL))
 
@@ -312,7 +312,7 @@ class Responder:
             response.use_edns(False)
             limit = self._udp_default
         if transport is Transport.TCP:
-            limit = _TCP_LIMIT
+            limit = MAX_MESSAGE  # RFC 7766 §8
         try:
             return response.to_wire(max_size=limit, want_shuffle=False)
         except dns.exception.TooBig:
