@@ -5,6 +5,7 @@
     DnstfoError                      anything dnstfo raises on purpose
     ├── UsageError                   the caller asked for something impossible (local misuse)
     ├── KernelFeatureError           the kernel lacks a feature or setting; says how to fix it
+    │   └── FastOpenDisabled         the kernel has Fast Open, but its sysctl switches it off
     ├── PermissionNeeded             the operation needs root / CAP_NET_ADMIN
     ├── NetworkError                 an OSError at a socket edge, errno kept
     │   └── PhaseTimeout             nothing happened before a deadline, in a named phase
@@ -44,6 +45,10 @@ class KernelFeatureError(DnstfoError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return type(self), (self.what, self.fix)
+
+
+class FastOpenDisabled(KernelFeatureError):
+    """The kernel has the Fast Open feature, but ``net.ipv4.tcp_fastopen`` switches it off."""
 
 
 class PermissionNeeded(DnstfoError):

@@ -38,6 +38,7 @@ from dnstfo.client.result import QueryResult, TfoReport
 from dnstfo.client.verdict import judge
 from dnstfo.errors import (
     DnstfoError,
+    FastOpenDisabled,
     KernelFeatureError,
     NetworkError,
     PhaseTimeout,
@@ -159,7 +160,7 @@ def _open(
             return send_in_syn(sock, data, addr), fallback, reason
         except BlockingIOError:
             return 0, fallback, reason  # no cookie: the SYN asks for one
-        except KernelFeatureError as exc:
+        except FastOpenDisabled as exc:
             fallback, reason = Fallback.CLIENT_OFF, str(exc)
     code = sock.connect_ex(addr)
     if code == 0 and config.tfo is TfoMethod.CONNECT:  # deferred: the first write sends the SYN
@@ -187,14 +188,10 @@ def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | No
                 family, fastopen_connect=True, no_cookie=config.no_cookie, source=source
             )
             return sock, Fallback.NONE, None
+        except FastOpenDisabled as exc:
+            fallback, reason = Fallback.CLIENT_OFF, str(exc)
         except KernelFeatureError as exc:
             fallback, reason = Fallback.FEATURE_MISSING, str(exc)
-        except NetworkError as exc:
-            if exc.errno != errno.EOPNOTSUPP:
-                raise
-            hint = sysctl.enable_hint(sysctl.TfoMode.CLIENT)
-            fallback = Fallback.CLIENT_OFF
-            reason = f"client TCP Fast Open is off in this namespace; enable it with: {hint}"
         sock = client_socket(family, source=source)
         return sock, fallback, reason
     no_cookie = config.no_cookie and config.tfo_requested

@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from functools import cache
 
-from dnstfo.errors import KernelFeatureError, NetworkError, UsageError
+from dnstfo.errors import FastOpenDisabled, KernelFeatureError, NetworkError, UsageError
 
 TCP_FASTOPEN = 23
 TCP_FASTOPEN_CONNECT = 30  # Linux 4.11
@@ -62,8 +62,20 @@ def _setopt(sock: socket.socket, option: int, value: int | bytes) -> None:
     try:
         sock.setsockopt(socket.IPPROTO_TCP, option, value)
     except OSError as exc:
+        if exc.errno == errno.EOPNOTSUPP and option == TCP_FASTOPEN_CONNECT:
+            raise _client_off() from exc
         name = _OPTION_NAMES.get(option, (str(option), ""))[0]
         raise NetworkError.from_oserror(f"setting {name}", exc) from exc
+
+
+def _client_off() -> FastOpenDisabled:
+    """The error for EOPNOTSUPP on a client Fast Open call: the sysctl's client bit is off."""
+    from dnstfo.kernel.sysctl import TfoMode, enable_hint
+
+    return FastOpenDisabled(
+        "client TCP Fast Open is off in this network namespace",
+        f"enable it with: {enable_hint(TfoMode.CLIENT)}",
+    )
 
 
 def family_of(host: str) -> socket.AddressFamily:
@@ -222,6 +234,7 @@ def client_socket(
         source: address to bind before connecting.
 
     Raises:
+        FastOpenDisabled: ``fastopen_connect`` with the sysctl's client bit off.
         KernelFeatureError: a requested option is missing.
         NetworkError: binding the source address failed.
     """
@@ -252,7 +265,7 @@ def send_in_syn(sock: socket.socket, data: bytes, address: tuple[str, int]) -> i
     the caller then waits for the connection and sends the rest.
 
     Raises:
-        KernelFeatureError: the client bit of net.ipv4.tcp_fastopen is off.
+        FastOpenDisabled: the client bit of net.ipv4.tcp_fastopen is off.
         NetworkError: the connection failed (errno kept).
     """
     try:
@@ -261,11 +274,6 @@ def send_in_syn(sock: socket.socket, data: bytes, address: tuple[str, int]) -> i
         raise
     except OSError as exc:
         if exc.errno == errno.EOPNOTSUPP:
-            from dnstfo.kernel.sysctl import TfoMode, enable_hint
-
-            raise KernelFeatureError(
-                "client TCP Fast Open is off in this network namespace",
-                f"enable it with: {enable_hint(TfoMode.CLIENT)}",
-            ) from exc
+            raise _client_off() from exc
         doing = f"connecting to {address[0]} port {address[1]}"
         raise NetworkError.from_oserror(doing, exc) from exc
