@@ -67,6 +67,10 @@ class Transport(enum.Enum):
     TCP = "tcp"
 
 
+#: A module global: reading a member through the Enum class costs about 0.1 µs a hit.
+_TCP = Transport.TCP
+
+
 class Reply(NamedTuple):
     """What to send back for one query, and what the query log needs.
 
@@ -168,7 +172,7 @@ class Responder:
             The reply: send ``wire`` (if not None) then each of ``more``, framed for TCP.
         """
         authority, cache = self._current
-        key = cache_key(wire, transport is Transport.TCP, self._udp_max, self._udp_default)
+        key = cache_key(wire, transport is _TCP, self._udp_max, self._udp_default)
         if key is not None:
             hit = cache.get(key)
             if hit is not None:
@@ -311,7 +315,7 @@ class Responder:
         else:
             response.use_edns(False)
             limit = self._udp_default
-        if transport is Transport.TCP:
+        if transport is _TCP:
             limit = MAX_MESSAGE  # RFC 7766 §8
         try:
             return response.to_wire(max_size=limit, want_shuffle=False)
