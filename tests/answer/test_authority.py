@@ -308,6 +308,8 @@ def test_longest_match_zone_and_ds_from_parent(tmp_path: Path) -> None:
         response = dns.message.from_wire(responder.respond(query.to_wire(), transport=UDP).wire)
         assert response.flags & dns.flags.AA, name
         assert response.answer, name
+        owner = authority.zones[dns.name.from_text(origin)].rrsets[dns.name.from_text(name)]
+        assert response.answer[0] == owner[dns.rdatatype.from_text(rdtype)], name
         zone = authority.find_zone(dns.name.from_text(name))
         assert zone is not None
         if rdtype != "DS":

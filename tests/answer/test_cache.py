@@ -198,3 +198,8 @@ def test_cached_equals_uncached(
     assert first == reference
     assert second.wire == reference.wire
     assert second[1:4] == reference[1:4]
+    # the second answer came from the cache whenever the query could be keyed and stored
+    keyed = cache_key(wire, tcp, 1232, 512) is not None
+    assert second.cached == (
+        keyed and reference.rcode not in (dns.rcode.FORMERR, dns.rcode.SERVFAIL)
+    )
