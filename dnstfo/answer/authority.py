@@ -132,12 +132,10 @@ def lookup(zone: LoadedZone, name: dns.name.Name, qtype: int) -> Lookup:
 
 def _targets(rrset: dns.rrset.RRset) -> Iterable[dns.name.Name]:
     """The names an NS, MX or SRV RRset points at (RFC 1035 §3.3, RFC 2782)."""
-    if rrset.rdtype == dns.rdatatype.NS:
+    if rrset.rdtype in (dns.rdatatype.NS, dns.rdatatype.SRV):
         return (rdata.target for rdata in rrset)
     if rrset.rdtype == dns.rdatatype.MX:
         return (rdata.exchange for rdata in rrset)
-    if rrset.rdtype == dns.rdatatype.SRV:
-        return (rdata.target for rdata in rrset)
     return ()
 
 
