@@ -205,6 +205,9 @@ class Responder:
     ) -> list[Reply]:
         """Answers several queries that arrived together (one TCP read of pipelined queries).
 
+        For drivers with nothing to do between answers; the server's TCP session calls
+        ``respond`` per query instead, because it adds keepalive options and log lines.
+
         Args:
             wires: the query messages, in order.
             transport: how they arrived.
@@ -212,7 +215,7 @@ class Responder:
             client: the client's IP address.
 
         Returns:
-            One reply per query, in order, so the server can write them in one go.
+            One reply per query, in order.
         """
         respond = self.respond
         return [
