@@ -51,11 +51,13 @@ def test_compare_rounds_and_ground_truth(lab_with, rtt_ms):
     for s in steps:
         assert s["response"]["RCODEname"] == "NOERROR"
         assert s["response"]["answerRRs"][0]["rdataA"] == "192.0.2.1"
-        # The RTT the report uses is the delay line's, within 5 %.
-        assert s["tfo"]["timings"]["rtt_ms"] == pytest.approx(rtt_ms, rel=0.05)
     for i, s in enumerate(steps):
         want = 1.0 if s["step"] == "tfo" else 2.0
         runs = [r["steps"][i]["tfo"]["timings"] for r in (report, *again)]
+        # The RTT the report uses is the delay line's: the fastest run within 5 %, every run
+        # within 25 % (a scheduling spike only adds).
+        assert min(t["rtt_ms"] for t in runs) == pytest.approx(rtt_ms, rel=0.05), runs
+        assert all(t["rtt_ms"] == pytest.approx(rtt_ms, rel=0.25) for t in runs), runs
         # Rounds unrounded (the report rounds to one decimal): within 5 % of the mechanism's.
         best = min(t["total_ms"] / t["rtt_ms"] for t in runs)
         assert best == pytest.approx(want, rel=0.05), runs
