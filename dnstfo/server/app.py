@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.responder import Responder, ResponderConfig
 from dnstfo.errors import DnstfoError, UsageError, ZoneLoadError
-from dnstfo.kernel.sockets import DEFAULT_BACKLOG, TfoKey, listener_key, set_listener_key
+from dnstfo.kernel.sockets import TfoKey, listener_key, set_listener_key
 from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.config import Endpoint, ServerConfig
 from dnstfo.server.keys import read_key_file, rotated
 from dnstfo.server.listener import ListenerPair
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.stats import ServerStats
-from dnstfo.server.tcp import TcpConnection, TcpContext
+from dnstfo.server.tcp import TcpServer
 from dnstfo.server.udp import UdpServer
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class DnsServer:
             kernel = None
         self.stats = ServerStats(kernel_at_start=kernel)
         self.query_log = QueryLogger(config.query_log)
-        self._ctx: TcpContext | None = None
-        self._servers: list[asyncio.Server] = []
+        self._tcp: TcpServer | None = None
         self._udp: list[asyncio.DatagramTransport] = []
         self._key: TfoKey | None = None
         if config.tfo_key_file is not None and listeners:
@@ -106,19 +105,14 @@ class DnsServer:
     @property
     def connections(self) -> int:
         """TCP connections open now."""
-        return len(self._ctx.connections) if self._ctx else 0
+        return self._tcp.connections if self._tcp else 0
 
     async def start(self) -> None:
         """Starts accepting TCP connections and UDP datagrams on every listener."""
         loop = asyncio.get_running_loop()
-        ctx = TcpContext(self.responder, self.config.limits, self.stats, self.query_log)
-        self._ctx = ctx
+        self._tcp = TcpServer(self.responder, self.config.limits, self.stats, self.query_log)
+        self._tcp.start([pair.tcp for pair in self.listeners])
         for pair in self.listeners:
-            # asyncio calls listen() again: keep the listener's large backlog.
-            server = await loop.create_server(
-                lambda: TcpConnection(ctx), sock=pair.tcp, backlog=DEFAULT_BACKLOG
-            )
-            self._servers.append(server)
             transport, _ = await loop.create_datagram_endpoint(
                 lambda: UdpServer(self.responder, self.stats, self.query_log), sock=pair.udp
             )
@@ -168,23 +162,10 @@ class DnsServer:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stops listening, lets connections finish their answers, then closes them."""
-        for server in self._servers:
-            server.close()
         for transport in self._udp:
             transport.close()
-        ctx = self._ctx
-        if ctx is not None and ctx.connections:
-            ctx.closed.clear()
-            for conn in list(ctx.connections):
-                conn.shutdown()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ctx.closed.wait(), grace)
-            for conn in list(ctx.connections):
-                if conn.transport is not None:
-                    conn.transport.abort()
-        for server in self._servers:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.wait_closed(), 1.0)
+        if self._tcp is not None:
+            await self._tcp.stop(grace)
         for pair in self.listeners:
             pair.close()
         log.info("stopped: %s", self.stats.summary())
