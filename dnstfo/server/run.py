@@ -7,8 +7,9 @@ them. All listeners get the same TFO key (from ``--tfo-key``, else one generated
 so a cookie issued by one worker is accepted by all. The parent forwards SIGHUP, SIGTERM
 and SIGINT to the workers and waits for them.
 
-Metrics are served by the first worker only: its own counters plus the namespace's
-kernel counters (shared by all workers).
+The supervisor serves the metrics: the sum of the workers' counters (each reports them every
+second, see :mod:`~dnstfo.server.workerstats`) plus the namespace's kernel counters, and
+logs their sum when the workers have stopped.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from collections.abc import Callable
 
 from dnstfo.errors import DnstfoError
 from dnstfo.kernel.sockets import TfoKey
+from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.app import DnsServer, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
 from dnstfo.server.stats import start_metrics_server
+from dnstfo.server.workerstats import WorkerStats, report_periodically, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +38,34 @@ def _serve(
     config: ServerConfig,
     listeners: list[ListenerPair],
     *,
-    metrics: bool,
     on_ready: Callable[[DnsServer], None] | None,
+    report_fd: int | None = None,
 ) -> None:
+    """Serves on ``listeners``; a worker reports its counters on ``report_fd``, a single
+    process serves the metrics itself."""
     # A SIGHUP before the loop's handler is installed must not end the process.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     authority = load_authority(config)
     server = DnsServer(config, listeners, authority)
-    if metrics and config.metrics is not None:
+    if report_fd is None and config.metrics is not None:
         start_metrics_server(server.stats, config.metrics.host, config.metrics.port)
         log.info("metrics on http://%s/metrics", config.metrics)
-    asyncio.run(serve_until_signalled(server, on_ready=on_ready))
+
+    async def serve() -> None:
+        reporter = None
+        if report_fd is not None:
+            reporter = asyncio.create_task(report_periodically(server.stats, report_fd))
+        try:
+            await serve_until_signalled(server, on_ready=on_ready)
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+
+    asyncio.run(serve())
+    if report_fd is not None:  # the final counters
+        os.set_blocking(report_fd, True)
+        write_snapshot(server.stats, report_fd)
+        os.close(report_fd)
 
 
 def startup_key(config: ServerConfig) -> TfoKey | None:
@@ -84,7 +104,7 @@ def run(config: ServerConfig, *, on_ready: Callable[[DnsServer], None] | None = 
                 pair.close()
         raise
     if config.workers == 1:
-        _serve(config, sets[0], metrics=True, on_ready=on_ready)
+        _serve(config, sets[0], on_ready=on_ready)
         return 0
     return _supervise(config, sets, on_ready)
 
@@ -103,8 +123,14 @@ def _supervise(
     sets: list[list[ListenerPair]],
     on_ready: Callable[[DnsServer], None] | None,
 ) -> int:
-    """Forks one worker per socket set and relays signals until they all exit."""
+    """Forks one worker per socket set, serves their summed metrics and relays signals
+    until they all exit."""
     pids: list[int] = []
+    pipes = [os.pipe() for _ in sets]
+    try:
+        kernel = read_counters()
+    except OSError:
+        kernel = None
 
     def relay(signum: int, _frame: object) -> None:
         for pid in pids:
@@ -125,7 +151,11 @@ def _supervise(
                     if other is not pairs:
                         for pair in other:
                             pair.close()
-                _serve(config, pairs, metrics=index == 0, on_ready=on_ready)
+                for i, (read_end, write_end) in enumerate(pipes):
+                    os.close(read_end)
+                    if i != index:
+                        os.close(write_end)
+                _serve(config, pairs, on_ready=on_ready, report_fd=pipes[index][1])
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1
@@ -136,8 +166,20 @@ def _supervise(
     for pairs in sets:
         for pair in pairs:
             pair.close()
+    for _, write_end in pipes:
+        os.close(write_end)
+    counters = WorkerStats([read_end for read_end, _ in pipes], kernel)
+    counters.start()
     log.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
     status = 0
+    if config.metrics is not None:
+        try:
+            start_metrics_server(counters.total, config.metrics.host, config.metrics.port)
+            log.info("metrics on http://%s/metrics", config.metrics)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s; stopping the workers", config.metrics, exc)
+            relay(signal.SIGTERM, None)
+            status = 1
     try:
         for pid in pids:
             _, wait_status = os.waitpid(pid, 0)
@@ -146,4 +188,6 @@ def _supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    counters.join(5.0)
+    log.info("all %d workers stopped: %s", len(pids), counters.total().summary())
     return status

@@ -11,9 +11,9 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dnstfo.kernel.sysctl import FastOpenCounters, read_counters
 from dnstfo.server.querylog import rcode_name
@@ -57,6 +57,26 @@ class ServerStats:
     kernel_at_start: FastOpenCounters | None = None
     """The namespace's TFO counters when the server started."""
 
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON values (a worker's report to its supervisor)."""
+        counts: dict[str, Any] = {name: getattr(self, name) for name in _SCALARS}
+        counts["queries"] = [[t, rcode, n] for (t, rcode), n in self.queries.items()]
+        counts["limits"] = {limit.value: n for limit, n in self.limits.items()}
+        return counts
+
+    def add(self, snapshot: dict[str, Any]) -> None:
+        """Adds the counters of a :meth:`snapshot` to these.
+
+        Raises:
+            KeyError, TypeError, ValueError: not a snapshot.
+        """
+        for name in _SCALARS:
+            setattr(self, name, getattr(self, name) + int(snapshot[name]))
+        for transport, rcode, n in snapshot["queries"]:
+            self.queries[str(transport), int(rcode)] += int(n)
+        for limit, n in snapshot["limits"].items():
+            self.limits[Limit(limit)] += int(n)
+
     def total_queries(self) -> int:
         """All answered queries."""
         return sum(self.queries.values())
@@ -86,10 +106,19 @@ class ServerStats:
         return ", ".join(parts)
 
 
-class StatsCollector:
-    """A Prometheus collector over :class:`ServerStats`, read at scrape time."""
+_SCALARS = tuple(f.name for f in fields(ServerStats) if f.type == "int")
+"""The plain integer counters of :class:`ServerStats`."""
 
-    def __init__(self, stats: ServerStats) -> None:
+
+class StatsCollector:
+    """A Prometheus collector over :class:`ServerStats`, read at scrape time.
+
+    Args:
+        stats: the counters, or a function that returns them at each scrape (the sum of
+            the workers' counters).
+    """
+
+    def __init__(self, stats: ServerStats | Callable[[], ServerStats]) -> None:
         self._stats = stats
 
     def describe(self) -> list[object]:
@@ -98,7 +127,7 @@ class StatsCollector:
     def collect(self) -> Iterator[Metric]:
         from prometheus_client.core import CounterMetricFamily
 
-        s = self._stats
+        s = self._stats if isinstance(self._stats, ServerStats) else self._stats()
         queries = CounterMetricFamily(
             "dnstfo_queries", "Queries answered", labels=["transport", "rcode"]
         )
@@ -147,8 +176,10 @@ class KernelFastOpenCollector:
             )
 
 
-def start_metrics_server(stats: ServerStats, host: str, port: int) -> None:
-    """Serves ``/metrics`` on host:port in a thread.
+def start_metrics_server(
+    stats: ServerStats | Callable[[], ServerStats], host: str, port: int
+) -> None:
+    """Serves ``/metrics`` on host:port in a thread (``stats`` as for :class:`StatsCollector`).
 
     Raises:
         OSError: the address cannot be bound.
