@@ -176,19 +176,21 @@ class TcpSession:
         return wire, rcode
 
     def handle_timer(self, now: int) -> bool:
-        """Applies the connection's deadlines at ``now``, counting an idle or lifetime close.
+        """Applies the connection's deadlines at ``now``, counting an idle or lifetime close
+        when it is decided (a lifetime reached mid-transfer closes only after it).
 
         Returns:
             True when the driver should close now; otherwise re-arm the timer (and stop
             reading if ``conn.closing``).
         """
         conn = self.conn
-        if conn.handle_timer(now) is None and not self.finished:
-            return False
-        limit = _TIMER_LIMITS.get(conn.close_reason)
-        if limit is not None:
-            self.stats.limits[limit] += 1
-        return True
+        was_closing = conn.closing
+        due = conn.handle_timer(now) is not None
+        if conn.closing and not was_closing:
+            limit = _TIMER_LIMITS.get(conn.close_reason)
+            if limit is not None:
+                self.stats.limits[limit] += 1
+        return due or self.finished
 
     def receive_eof(self, now: int) -> None:
         """Notes the client's end of stream (counted as a protocol error inside a frame),

@@ -83,7 +83,7 @@ class _Connection:
         self.fd = sock.fileno()
         self.client = client
         self.session = session
-        self.pending: bytes | None = None
+        self.pending: memoryview | None = None
         """Bytes a send could not take yet (reading stops until they are written)."""
         self.events = 0
         """The epoll events registered (0: not registered)."""
@@ -139,6 +139,8 @@ class TcpServer:
     async def stop(self, grace: float) -> None:
         """Stops accepting; lets connections finish their answers for ``grace`` seconds,
         then closes the rest. The listening sockets stay open (their owner closes them)."""
+        if self._epoll.closed:
+            return
         for fd in list(self._listeners):
             self._stop_accepting(fd)
         self._listeners.clear()
@@ -261,7 +263,7 @@ class TcpServer:
         self._send(conn, pending)
         self._settle(conn)
 
-    def _send(self, conn: _Connection, data: bytes) -> None:
+    def _send(self, conn: _Connection, data: bytes | memoryview) -> None:
         """Sends ``data``, keeping what the socket does not take (call with none pending)."""
         sock = conn.sock
         if sock is None:
@@ -275,7 +277,7 @@ class TcpServer:
             self._close(conn)
             return
         if sent < len(data):
-            conn.pending = data[sent:]
+            conn.pending = memoryview(data)[sent:]  # a view: no copy of the rest per send
 
     def _settle(self, conn: _Connection) -> None:
         """After a read or a write: writes transfer messages the socket can take, closes a
@@ -385,10 +387,14 @@ class TcpServer:
             self._timer = self._loop.call_at(self._timer_at / 1e9, self._on_timer)
 
     def _expire(self, conn: _Connection) -> None:
-        if conn.session.handle_timer(_now()):
+        session = conn.session
+        due = session.handle_timer(_now())
+        # An idle close drops what the client has not read for the whole idle timeout;
+        # any other close first writes what is pending.
+        if due and (conn.pending is None or session.conn.close_reason is CloseReason.IDLE):
             self._close(conn)
             return
-        self._settle(conn)  # a lifetime reached mid-transfer: stop reading
+        self._settle(conn)  # closing (lifetime) mid-transfer: write the rest, read no more
         if conn.sock is not None:
             self._arm(conn)
 
