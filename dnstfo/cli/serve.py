@@ -27,7 +27,11 @@ from dnstfo.server.config import (
     ServerConfig,
     parse_network,
 )
+from dnstfo.wire.connection import NS_PER_S
 
+_LIMITS = Limits()
+_POLICY = _LIMITS.connection
+"""The defaults, shown in --help."""
 _LIMIT_KEYS = {
     "max-connections": "max_connections",
     "max-per-client": "max_per_client",
@@ -108,7 +112,7 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         metrics=Endpoint.parse(str(metrics), default_port=9153) if metrics else None,
         query_log=query_log,
         axfr_allow=tuple(parse_network(str(n)) for n in pick("axfr-allow") or ()),
-        limits=Limits.from_seconds(**{k: v for k, v in limit_values.items() if v is not None}),
+        limits=Limits.from_seconds(**limit_values),
     )
 
 
@@ -121,7 +125,9 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
     help=f"Address to serve on, TCP and UDP; repeatable; IPv6 as [::1]:{DEFAULT_PORT}. "
     f"Default 127.0.0.1:{DEFAULT_PORT} (unprivileged; port 53 needs root).",
 )
-@click.option("--tfo-queue", type=int, help="TFO queue length of the listeners [1024].")
+@click.option(
+    "--tfo-queue", type=int, help=f"TFO queue length of the listeners [{DEFAULT_TFO_QUEUE}]."
+)
 @click.option("--tfo-key", type=click.Path(dir_okay=False), help="TFO key file (mode 0600).")
 @click.option("--workers", type=int, help="Processes sharing the port (SO_REUSEPORT) [1].")
 @click.option("--metrics", metavar="ADDR:PORT", help="Serve Prometheus metrics here.")
@@ -130,11 +136,27 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
     "--query-log", type=click.Choice([m.value for m in QueryLog]), help="Per-query log [off]."
 )
 @click.option("--axfr-allow", multiple=True, metavar="NET", help="Allow AXFR from NET.")
-@click.option("--max-connections", type=int, help="TCP connections in total [4096].")
-@click.option("--max-per-client", type=int, help="TCP connections per client address [256].")
-@click.option("--idle-timeout", type=float, help="Seconds before an idle TCP close [10].")
-@click.option("--lifetime", type=float, help="Seconds a TCP connection may live [120].")
-@click.option("--max-queries", type=int, help="Queries per TCP connection [10000].")
+@click.option(
+    "--max-connections", type=int, help=f"TCP connections in total [{_LIMITS.max_connections}]."
+)
+@click.option(
+    "--max-per-client",
+    type=int,
+    help=f"TCP connections per client address [{_LIMITS.max_per_client}].",
+)
+@click.option(
+    "--idle-timeout",
+    type=float,
+    help=f"Seconds before an idle TCP close [{_POLICY.idle_timeout_ns // NS_PER_S}].",
+)
+@click.option(
+    "--lifetime",
+    type=float,
+    help=f"Seconds a TCP connection may live [{_POLICY.lifetime_ns // NS_PER_S}].",
+)
+@click.option(
+    "--max-queries", type=int, help=f"Queries per TCP connection [{_POLICY.max_queries}]."
+)
 def serve(**options: Any) -> None:
     """Serve zones over TCP with TCP Fast Open, and over UDP.
 

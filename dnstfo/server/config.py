@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from dnstfo.errors import UsageError
@@ -89,24 +89,38 @@ class Limits:
     def from_seconds(
         cls,
         *,
-        max_connections: int = 4096,
-        max_per_client: int = 256,
-        idle_timeout: float = 10.0,
-        lifetime: float = 120.0,
-        max_queries: int = 10_000,
+        max_connections: int | None = None,
+        max_per_client: int | None = None,
+        idle_timeout: float | None = None,
+        lifetime: float | None = None,
+        max_queries: int | None = None,
     ) -> Limits:
-        """Builds limits from seconds (0 lifetime or queries: no limit)."""
-        if max_connections < 1 or max_per_client < 1:
-            raise UsageError("connection limits must be at least 1")
+        """Builds limits from seconds; None keeps the default (0 lifetime or queries: none).
+
+        Raises:
+            UsageError: a value out of range.
+        """
+        base = cls()
+        policy = base.connection
+        changes: dict[str, int] = {}
+        if idle_timeout is not None:
+            changes["idle_timeout_ns"] = round(idle_timeout * NS_PER_S)
+        if lifetime is not None:
+            changes["lifetime_ns"] = round(lifetime * NS_PER_S)
+        if max_queries is not None:
+            changes["max_queries"] = max_queries
         try:
-            policy = ConnectionPolicy(
-                idle_timeout_ns=round(idle_timeout * NS_PER_S),
-                lifetime_ns=round(lifetime * NS_PER_S),
-                max_queries=max_queries,
-            )
+            policy = replace(policy, **changes)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
-        return cls(max_connections, max_per_client, policy)
+        limits = cls(
+            base.max_connections if max_connections is None else max_connections,
+            base.max_per_client if max_per_client is None else max_per_client,
+            policy,
+        )
+        if limits.max_connections < 1 or limits.max_per_client < 1:
+            raise UsageError("connection limits must be at least 1")
+        return limits
 
 
 @dataclass(frozen=True, slots=True)
