@@ -1,7 +1,8 @@
 """The DNS server: zones, listeners, transports, reload and graceful stop.
 
 :class:`DnsServer` runs inside an event loop it does not own (tests drive it from a
-thread; :func:`run_server` gives it one with signal handling):
+thread; :func:`serve_until_signalled` adds signal handling). TCP runs on the server's own
+epoll beside the loop (:mod:`~dnstfo.server.tcp`), UDP on the loop's datagram transports. Signals:
 
 - SIGHUP: reload zones (a zone whose file fails keeps its old version, and the error,
   with file and line, is logged) and the TFO key file (a changed key is installed with
