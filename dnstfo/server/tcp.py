@@ -86,7 +86,7 @@ class _Connection:
         self.pending: memoryview | None = None
         """Bytes a send could not take yet (reading stops until they are written)."""
         self.events = 0
-        """The epoll events registered (0: not registered)."""
+        """The epoll events registered (0: not registered yet)."""
         self.timer_at: int | None = None
         """The deadline of this connection's live heap entry."""
 
@@ -296,17 +296,14 @@ class TcpServer:
             self._watch(conn, _OUT)
         elif session.finished:
             self._close(conn)
-        elif session.conn.closing:
-            self._watch(conn, 0)
-        else:
+        else:  # (a closing session has a transfer left, hence pending bytes)
             self._watch(conn, _IN)
 
     def _watch(self, conn: _Connection, events: int) -> None:
+        """Waits for ``events`` (EPOLLIN or EPOLLOUT) on the connection from now on."""
         if events == conn.events:
             return
-        if not events:
-            self._epoll.unregister(conn.fd)
-        elif conn.events:
+        if conn.events:
             self._epoll.modify(conn.fd, events)
         else:
             self._epoll.register(conn.fd, events)
@@ -381,6 +378,7 @@ class TcpServer:
         if self._timer is not None:  # armed by a re-queued connection above
             self._timer.cancel()
             self._timer = None
+        heap = self._heap  # re-queuing may have compacted it into a new list
         if heap:
             self._timer_at = max(heap[0][0], now + TIMER_GRAIN_NS)
             assert self._loop is not None
