@@ -39,7 +39,6 @@ import logging
 import select
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 
 from dnstfo.answer.responder import Responder
@@ -108,10 +107,11 @@ class TcpServer:
         self.limits = limits
         self.stats = stats
         self.query_log = query_log
-        self.per_client: Counter[str] = Counter()
+        self.per_client: dict[str, int] = {}
         """Open connections by client address."""
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
+        self._families: dict[int, int] = {}
         self._conns: dict[int, _Connection] = {}
         self._heap: list[tuple[int, int, _Connection]] = []
         self._seq = 0
@@ -133,6 +133,7 @@ class TcpServer:
         for sock in listeners:
             sock.setblocking(False)
             self._listeners[sock.fileno()] = sock
+            self._families[sock.fileno()] = int(sock.family)
             self._epoll.register(sock.fileno(), _IN)
         loop.add_reader(self._epoll.fileno(), self._on_ready)
 
@@ -184,9 +185,12 @@ class TcpServer:
 
     def _accept(self, listener: socket.socket) -> None:
         stats, limits, per_client = self.stats, self.limits, self.per_client
+        family = self._families[listener.fileno()]
+        # What socket.accept calls, without its two enum conversions per connection.
+        accept = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = listener.accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -195,11 +199,12 @@ class TcpServer:
                     self._pause_accepting(listener)
                     return
                 continue  # the client gave up before we accepted (ECONNABORTED and kin)
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client = peer[0]
             limit = None
             if len(self._conns) >= limits.max_connections:
                 limit = Limit.TOTAL_CONNECTIONS
-            elif per_client[client] >= limits.max_per_client:
+            elif per_client.get(client, 0) >= limits.max_per_client:
                 limit = Limit.PER_CLIENT
             if limit is not None:
                 stats.limits[limit] += 1
@@ -225,10 +230,10 @@ class TcpServer:
                 self.query_log,
             )
             conn = _Connection(sock, (client, peer[1]), session)
-            self._conns[conn.fd] = conn
-            per_client[client] += 1
+            self._conns[fd] = conn
+            per_client[client] = per_client.get(client, 0) + 1
             self._step(conn, self._read)  # Fast Open: the SYN's query is already here
-            if conn.sock is not None:
+            if conn.sock is not None and conn.timer_at is None:
                 self._arm(conn)
 
     def _read(self, conn: _Connection) -> None:
@@ -322,7 +327,7 @@ class TcpServer:
         reason = session.conn.close_reason
         _debug(conn.client, "closed: %s", reason.value if reason else "-")
         client = conn.client[0]
-        left = self.per_client[client] - 1
+        left = self.per_client.get(client, 1) - 1
         if left:
             self.per_client[client] = left
         else:

@@ -167,12 +167,12 @@ class ServerConnection:
 
     def deadline(self) -> int | None:
         """The next time :meth:`handle_timer` must be called (absolute ns), or None."""
-        times = []
-        if not self._in_flight:
-            times.append(self._idle_since + self.policy.idle_timeout_ns)
-        if self.policy.lifetime_ns and not self.closing:
-            times.append(self.opened + self.policy.lifetime_ns)
-        return min(times) if times else None
+        policy = self.policy
+        idle = None if self._in_flight else self._idle_since + policy.idle_timeout_ns
+        if not policy.lifetime_ns or self.closing:
+            return idle
+        end = self.opened + policy.lifetime_ns
+        return end if idle is None or end < idle else idle
 
     def handle_timer(self, now: int) -> CloseReason | None:
         """Applies the deadlines at ``now``.
