@@ -22,9 +22,10 @@ signals and shutdown stay on asyncio. Everything DNS lives in
 - flow control: while a send is incomplete the connection is not read, only written as it
   drains (a client that does not read cannot make us buffer without bound); zone
   transfer messages are written as the socket drains.
-- deadlines: idle and lifetime deadlines sit in one heap with one loop timer, fired at
-  most every ``TIMER_GRAIN_NS``. An entry is pushed only when a connection's deadline
-  moves earlier than its queued one; later deadlines are found when the entry fires.
+- deadlines: idle and lifetime deadlines sit in one heap with one loop timer, which
+  re-arms no sooner than ``TIMER_GRAIN_NS`` after it fires. An entry is pushed only when
+  a connection's deadline moves earlier than its queued one; later deadlines are found
+  when the entry fires.
 - close: on EOF, an error, a limit or shutdown; after the client closed, nothing more is
   written (queued transfer messages are dropped).
 """
@@ -111,7 +112,6 @@ class TcpServer:
         """Open connections by client address."""
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
-        self._families: dict[int, int] = {}
         self._conns: dict[int, _Connection] = {}
         self._heap: list[tuple[int, int, _Connection]] = []
         self._seq = 0
@@ -133,7 +133,6 @@ class TcpServer:
         for sock in listeners:
             sock.setblocking(False)
             self._listeners[sock.fileno()] = sock
-            self._families[sock.fileno()] = int(sock.family)
             self._epoll.register(sock.fileno(), _IN)
         loop.add_reader(self._epoll.fileno(), self._on_ready)
 
@@ -185,7 +184,7 @@ class TcpServer:
 
     def _accept(self, listener: socket.socket) -> None:
         stats, limits, per_client = self.stats, self.limits, self.per_client
-        family = self._families[listener.fileno()]
+        family = listener.family  # once per wake-up, not per connection
         # What socket.accept calls, without its two enum conversions per connection.
         accept = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
@@ -201,6 +200,7 @@ class TcpServer:
                 continue  # the client gave up before we accepted (ECONNABORTED and kin)
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client = peer[0]
+            address = (client, peer[1])  # an IPv6 peer also has flow info and scope
             limit = None
             if len(self._conns) >= limits.max_connections:
                 limit = Limit.TOTAL_CONNECTIONS
@@ -208,7 +208,7 @@ class TcpServer:
                 limit = Limit.PER_CLIENT
             if limit is not None:
                 stats.limits[limit] += 1
-                _debug(peer, "refused: %s limit", limit.value)
+                _debug(address, "refused: %s limit", limit.value)
                 sock.close()
                 continue
             now = _now()
@@ -217,19 +217,19 @@ class TcpServer:
                 options = tcpi_options(sock)
             except NetworkError as exc:
                 options = 0
-                _debug(peer, "no TCP_INFO: %s", exc)
+                _debug(address, "no TCP_INFO: %s", exc)
             if options & _TFO:
                 stats.tfo_connections += 1
             session = TcpSession(
                 self.responder,
                 limits.connection,
                 now,
-                (client, peer[1]),
+                address,
                 bool(options & _SYN_DATA),
                 stats,
                 self.query_log,
             )
-            conn = _Connection(sock, (client, peer[1]), session)
+            conn = _Connection(sock, address, session)
             self._conns[fd] = conn
             per_client[client] = per_client.get(client, 0) + 1
             self._step(conn, self._read)  # Fast Open: the SYN's query is already here
