@@ -92,7 +92,7 @@ class DnsServer:
         self.stats = ServerStats(kernel_at_start=kernel)
         self.query_log = QueryLogger(config.query_log)
         self._tcp: TcpServer | None = None
-        self._udp: list[asyncio.DatagramTransport] = []
+        self._udp: list[UdpServer] = []
         self._key: TfoKey | None = None
         if config.tfo_key_file is not None and listeners:
             with contextlib.suppress(DnstfoError):
@@ -114,10 +114,9 @@ class DnsServer:
         self._tcp = TcpServer(self.responder, self.config.limits, self.stats, self.query_log)
         self._tcp.start([pair.tcp for pair in self.listeners])
         for pair in self.listeners:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: UdpServer(self.responder, self.stats, self.query_log), sock=pair.udp
-            )
-            self._udp.append(transport)
+            udp = UdpServer(pair.udp, self.responder, self.stats, self.query_log, self.config.rrl)
+            udp.start(loop)
+            self._udp.append(udp)
             log.info("serving %s over TCP (Fast Open) and UDP", pair.endpoint)
         log.info("%d zones loaded", len(self.responder.authority.zones))
 
@@ -163,8 +162,8 @@ class DnsServer:
 
     async def stop(self, grace: float = SHUTDOWN_GRACE) -> None:
         """Stops listening, lets connections finish their answers, then closes them."""
-        for transport in self._udp:
-            transport.close()
+        for udp in self._udp:
+            udp.close()
         if self._tcp is not None:
             await self._tcp.stop(grace)
         for pair in self.listeners:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dnstfo.errors import UsageError
 from dnstfo.kernel.sockets import DEFAULT_TFO_QUEUE
+from dnstfo.server.rrl import RrlConfig
 from dnstfo.wire.connection import NS_PER_S, ConnectionPolicy
 
 DEFAULT_PORT = 5353
@@ -149,6 +150,8 @@ class ServerConfig:
     """Largest UDP response when the client's EDNS allows more (DNS flag day 2020)."""
     reuseport: bool = False
     """Set SO_REUSEPORT on the sockets (implied by workers > 1)."""
+    rrl: RrlConfig = field(default_factory=RrlConfig)
+    """UDP response rate limiting (off by default)."""
 
     def __post_init__(self) -> None:
         if not self.listen:
