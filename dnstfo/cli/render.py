@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
     from dnstfo.client.compare import Comparison
     from dnstfo.client.host import FixPlan, HostState
-    from dnstfo.client.result import QueryResult, TfoReport
+    from dnstfo.client.result import QueryResult, TfoReport, Transfer
     from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
 
 JSON_VERSION = 1
@@ -54,7 +54,8 @@ def _rr_lines(rrset: dns.rrset.RRset, question: bool = False) -> list[str]:
     typ = dns.rdatatype.to_text(rrset.rdtype)
     if question:
         return [f";{name}\t\t{cls}\t{typ}"]
-    return [f"{name}\t\t{rrset.ttl}\t{cls}\t{typ}\t{rd.to_text()}" for rd in rrset]
+    pad = "\t" * max(1, (31 - len(name)) // 8)  # dig's: tabs to column 24 (or one)
+    return [f"{name}{pad}{rrset.ttl}\t{cls}\t{typ}\t{rd.to_text()}" for rd in rrset]
 
 
 def _edns_lines(message: dns.message.Message) -> list[str]:
@@ -70,16 +71,23 @@ def _edns_lines(message: dns.message.Message) -> list[str]:
 
 
 def dig_text(result: QueryResult, server_name: str) -> str:
-    """The result in dig's layout, with the ``;; TFO`` block after the footer."""
+    """The result in dig's layout, with the ``;; TFO`` block after the footer.
+
+    A zone transfer is printed as dig prints one: every record, then its size.
+    """
     import dns.opcode
     import dns.rcode
 
     r = result.response
     c = result.config
+    command = f"; <<>> dnstfo query <<>> {c.qname} {c.rdtype} @{server_name} +tcp" + (
+        "" if c.tfo_requested else " +notfo"
+    )
+    if result.transfer is not None:
+        return _transfer_text(result, server_name, command)
     lines = [
         "",
-        f"; <<>> dnstfo query <<>> {c.qname} {c.rdtype} @{server_name} +tcp"
-        + ("" if c.tfo_requested else " +notfo"),
+        command,
         ";; Got answer:",
         f";; ->>HEADER<<- opcode: {dns.opcode.to_text(r.opcode())}, "
         f"status: {dns.rcode.to_text(r.rcode())}, id: {r.id}",
@@ -98,14 +106,33 @@ def dig_text(result: QueryResult, server_name: str) -> str:
             lines += ["", f";; {title} SECTION:"]
             for rrset in section:
                 lines += _rr_lines(rrset)
-    total = result.tfo.timings.total_ms or 0.0
+    lines += ["", *_footer(result, server_name), f";; MSG SIZE  rcvd: {result.response_size}", ""]
+    lines += tfo_block(result.tfo)
+    return "\n".join(lines)
+
+
+def _footer(result: QueryResult, server_name: str) -> list[str]:
+    """Query time (every try, the whole transfer), server and date."""
     host, port = result.server
-    lines += [
-        "",
-        f";; Query time: {total:.0f} msec",
+    lines = [
+        f";; Query time: {result.elapsed_ms:.0f} msec",
         f";; SERVER: {host}#{port}({server_name}) (TCP)",
         f";; WHEN: {time.strftime('%a %b %d %H:%M:%S %Z %Y', time.localtime(result.wall_time))}",
-        f";; MSG SIZE  rcvd: {result.response_size}",
+    ]
+    if result.tries > 1:
+        lines.append(f";; Tries: {result.tries} (the first {result.tries - 1} timed out)")
+    return lines
+
+
+def _transfer_text(result: QueryResult, server_name: str, command: str) -> str:
+    """An AXFR in dig's shape: the records in order, the footer, ``XFR size``."""
+    xfr = result.transfer
+    assert xfr is not None
+    lines = ["", command]
+    lines += [line for m in xfr.messages for rrset in m.answer for line in _rr_lines(rrset)]
+    lines += [
+        *_footer(result, server_name),
+        f";; XFR size: {xfr.records} records (messages {len(xfr.messages)}, bytes {xfr.size})",
         "",
     ]
     lines += tfo_block(result.tfo)
@@ -153,8 +180,9 @@ def tfo_block(tfo: TfoReport) -> list[str]:
 
 
 def short_text(result: QueryResult) -> str:
-    """What ``dig +short`` prints: the answer's data, one record per line."""
-    return "\n".join(rd.to_text() for rrset in result.response.answer for rd in rrset)
+    """What ``dig +short`` prints: the answer's data, one record per line (a whole transfer)."""
+    messages = (result.response,) if result.transfer is None else result.transfer.messages
+    return "\n".join(rd.to_text() for m in messages for rrset in m.answer for rd in rrset)
 
 
 # ---------------------------------------------------------------- JSON
@@ -291,8 +319,20 @@ def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
         },
         "source": {"address": result.source[0], "port": result.source[1]},
         "tries": result.tries,
+        "elapsed_ms": result.elapsed_ms,
         "response": {**message_json(result.response), "msgsize": result.response_size},
+        "transfer": None if result.transfer is None else transfer_json(result.transfer),
         "tfo": tfo_json(result.tfo),
+    }
+
+
+def transfer_json(transfer: Transfer) -> dict[str, Any]:
+    """A zone transfer's size and every record (``response`` holds its first message)."""
+    return {
+        "messages": len(transfer.messages),
+        "records": transfer.records,
+        "bytes": transfer.size,
+        "answerRRs": [rr for m in transfer.messages for s in m.answer for rr in _rr_json(s)],
     }
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dns.exception
 import dns.flags
 import dns.message
+import dns.rcode
+import dns.rdatatype
 
 from dnstfo.client.config import QueryConfig
 from dnstfo.errors import RemoteProtocolError, UsageError
@@ -36,21 +38,58 @@ def build_query(config: QueryConfig) -> dns.message.Message:
     return query
 
 
-def parse_response(query: dns.message.Message, wire: bytes) -> dns.message.Message:
+def is_transfer(query: dns.message.Message) -> bool:
+    """Whether ``query`` asks for a zone transfer (AXFR), answered in several messages."""
+    return bool(query.question) and query.question[0].rdtype == dns.rdatatype.AXFR
+
+
+def parse_response(
+    query: dns.message.Message, wire: bytes, *, continuation: bool = False
+) -> dns.message.Message:
     """Parses a response and checks that it answers ``query``.
+
+    A transfer's messages keep one record per RRset, in wire order (dig prints them so, and
+    the two SOAs that open and close a one-message transfer stay two records).
+
+    Args:
+        query: the query sent.
+        wire: one message, without its length prefix.
+        continuation: a transfer's later message, whose question may be empty (RFC 5936
+            §2.2.1).
 
     Raises:
         RemoteProtocolError: malformed, not a response, or its ID or question differ.
     """
+    xfr = is_transfer(query)
     try:
-        response = dns.message.from_wire(wire)
+        response = dns.message.from_wire(wire, xfr=xfr, one_rr_per_rrset=xfr)
     except dns.exception.DNSException as exc:
         raise RemoteProtocolError(f"malformed response ({len(wire)} bytes): {exc}") from exc
     if not response.flags & dns.flags.QR:
         raise RemoteProtocolError("the server sent a query, not a response")
     if response.id != query.id:
         raise RemoteProtocolError(f"response ID {response.id} does not match query ID {query.id}")
-    if response.question != query.question:
+    if response.question != query.question and not (continuation and not response.question):
         got = "; ".join(r.to_text() for r in response.question) or "none"
         raise RemoteProtocolError(f"response question ({got}) does not match the query's")
     return response
+
+
+def transfer_soas(response: dns.message.Message, *, first: bool) -> int:
+    """The SOA records in one message of an AXFR (RFC 5936 §2.2): the second one closes it.
+
+    Returns:
+        0 when a refused or empty first message means there is no transfer to read.
+
+    Raises:
+        RemoteProtocolError: the transfer does not start with an SOA, or a later message
+            has an error RCODE.
+    """
+    rcode = response.rcode()
+    if first and (rcode != dns.rcode.NOERROR or not response.answer):
+        return 0
+    if rcode != dns.rcode.NOERROR:
+        raise RemoteProtocolError(f"the transfer stopped with {dns.rcode.to_text(rcode)}")
+    if first and response.answer[0].rdtype != dns.rdatatype.SOA:
+        raise RemoteProtocolError("the transfer does not start with the zone's SOA")
+    return sum(len(r) for r in response.answer if r.rdtype == dns.rdatatype.SOA)

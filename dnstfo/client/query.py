@@ -12,12 +12,14 @@ Theory of operation (RFC 7766 §8, RFC 7413 §3, Linux ``tcp_sendmsg_fastopen``)
    first ``send`` plays the same part. When the client bit of the sysctl is off the
    kernel says EOPNOTSUPP: we fall back to a plain connect and keep the reason.
 3. Wait until established (POLLOUT), send what the SYN did not carry, then read with the
-   wire ``FrameDecoder`` until one whole message; check its ID and question.
+   wire ``FrameDecoder`` until one whole message; check its ID and question. An AXFR goes
+   on reading until the SOA that closes the zone (RFC 5936 §2.2), each message within a
+   fresh ``timeout``; the TFO report is about the first message.
 4. After: TCP_INFO (SYN_DATA acked, ``fastopen_client_fail``, RTTs, retransmits) and the
    cookie now cached.
 
 Deadlines are absolute on the injected monotonic clock; a phase that runs out raises
-``PhaseTimeout`` naming it (``connect``, ``first byte``, ``response``).
+``PhaseTimeout`` naming it (``connect``, ``first byte``, ``response``, ``transfer``).
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ import time
 from typing import TYPE_CHECKING
 
 from dnstfo.client.config import QueryConfig, TfoMethod
-from dnstfo.client.message import build_query, parse_response
+from dnstfo.client.message import build_query, is_transfer, parse_response, transfer_soas
 from dnstfo.client.report import CookieChange, Fallback, TfoAfter, TfoBefore, Timings
-from dnstfo.client.result import QueryResult, TfoReport
+from dnstfo.client.result import QueryResult, TfoReport, Transfer
 from dnstfo.client.verdict import judge
 from dnstfo.errors import (
     DnstfoError,
@@ -79,10 +81,11 @@ def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
     clock = clock or MonotonicClock()
     query = build_query(config)
     wire = query.to_wire()
+    first_started = clock.now_ns()
     last: PhaseTimeout | None = None
     for attempt in range(1, max(config.tries, 1) + 1):
         try:
-            return _one_try(config, query, wire, clock, attempt)
+            return _one_try(config, query, wire, clock, attempt, first_started)
         except PhaseTimeout as exc:
             log.info("try %d of %d: %s", attempt, config.tries, exc)
             last = exc
@@ -199,7 +202,12 @@ def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | No
 
 
 def _one_try(
-    config: QueryConfig, query: dns.message.Message, wire: bytes, clock: Clock, attempt: int
+    config: QueryConfig,
+    query: dns.message.Message,
+    wire: bytes,
+    clock: Clock,
+    attempt: int,
+    first_started: int,
 ) -> QueryResult:
     data = frame(wire)
     addr = (config.server, config.port)
@@ -221,11 +229,17 @@ def _one_try(
         at_connect = tcp_info(sock)
         log.debug("connect.complete, %d bytes went in the SYN", in_syn)
         _send_rest(conn, data, in_syn)
-        message, first_byte = _read_message(conn)
+        decoder = FrameDecoder()
+        messages, first_byte = _read_messages(conn, decoder)
         done = clock.now_ns()
         info = tcp_info(sock)
         local = sock.getsockname()[:2]
-    response = parse_response(query, message)
+        message = messages[0]
+        response = parse_response(query, message)
+        transfer = None
+        if is_transfer(query):
+            transfer = _read_transfer(conn, decoder, query, response, messages)
+        ended = clock.now_ns()
     after = _read_after(config.server, before, at_connect, info, local[0], in_syn, fallback, reason)
     times = PhaseTimes(started, connected, first_byte, done)
     timings = Timings.measure(
@@ -255,6 +269,8 @@ def _one_try(
         tfo=report,
         wall_time=wall,
         tries=attempt,
+        elapsed_ms=(ended - first_started) / 1e6,
+        transfer=transfer,
     )
 
 
@@ -269,12 +285,16 @@ def _send_rest(conn: _Connection, data: bytes, sent: int) -> None:
             raise NetworkError.from_oserror("sending the query", exc) from exc
 
 
-def _read_message(conn: _Connection) -> tuple[bytes, int]:
-    """Reads until one whole DNS message; returns it and when its first byte came."""
-    decoder = FrameDecoder()
+def _read_messages(
+    conn: _Connection, decoder: FrameDecoder, phase: str | None = None
+) -> tuple[list[bytes], int]:
+    """Reads until at least one whole DNS message; returns those and when the first byte came.
+
+    ``phase`` names a timeout; by default ``first byte``, then ``response``.
+    """
     first_byte: int | None = None
     while True:
-        conn.wait(select.POLLIN, "first byte" if first_byte is None else "response")
+        conn.wait(select.POLLIN, phase or ("first byte" if first_byte is None else "response"))
         try:
             chunk = conn.sock.recv(_RECV_SIZE)
         except BlockingIOError:
@@ -288,7 +308,46 @@ def _read_message(conn: _Connection) -> tuple[bytes, int]:
             raise RemoteProtocolError("the server closed the connection without answering")
         messages = decoder.feed(chunk)
         if messages:
-            return messages[0], first_byte
+            return messages, first_byte
+
+
+def _read_transfer(
+    conn: _Connection,
+    decoder: FrameDecoder,
+    query: dns.message.Message,
+    first: dns.message.Message,
+    wires: list[bytes],
+) -> Transfer | None:
+    """Reads an AXFR to its closing SOA; ``wires`` are the messages read so far.
+
+    Returns:
+        None when the first message begins no transfer (refused, or empty).
+
+    Raises:
+        RemoteProtocolError: the server closed (or failed) before the closing SOA.
+        PhaseTimeout: no whole message within the timeout (``transfer``).
+    """
+    soas = transfer_soas(first, first=True)
+    if soas == 0:
+        return None
+    messages, size, pending = [first], len(wires[0]), wires[1:]
+    while soas < 2:
+        if not pending:
+            conn.deadline_ns = conn.clock.now_ns() + int(conn.seconds * 1e9)
+            try:
+                pending, _ = _read_messages(conn, decoder, "transfer")
+            except RemoteProtocolError as exc:
+                records = sum(len(r) for m in messages for r in m.answer)
+                raise RemoteProtocolError(
+                    f"the transfer was cut: the connection closed after {records} records "
+                    f"in {len(messages)} messages, before the closing SOA"
+                ) from exc
+        wire = pending.pop(0)
+        message = parse_response(query, wire, continuation=True)
+        soas += transfer_soas(message, first=False)
+        messages.append(message)
+        size += len(wire)
+    return Transfer(messages=tuple(messages), size=size)
 
 
 def _syn_retransmits(at_connect: TcpInfo, attempted: bool) -> int:

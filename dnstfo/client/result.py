@@ -36,6 +36,21 @@ class TfoReport:
 
 
 @dataclass(frozen=True, slots=True)
+class Transfer:
+    """A whole zone transfer (AXFR, RFC 5936): every message, from the first SOA to the last."""
+
+    messages: tuple[dns.message.Message, ...]
+    """The messages in order; the first is also ``QueryResult.response``."""
+    size: int
+    """Bytes of all messages, without their length prefixes (as dig and kdig count them)."""
+
+    @property
+    def records(self) -> int:
+        """Records in all answer sections, both SOAs included."""
+        return sum(len(rrset) for m in self.messages for rrset in m.answer)
+
+
+@dataclass(frozen=True, slots=True)
 class QueryResult:
     """One completed exchange."""
 
@@ -63,3 +78,7 @@ class QueryResult:
     """Wall-clock time the exchange started (``time.time()``), for display only."""
     tries: int
     """How many tries it took (1 unless earlier tries timed out)."""
+    elapsed_ms: float
+    """From the first try's start to the last byte read: every try, the whole transfer."""
+    transfer: Transfer | None = None
+    """The zone transfer, when the query was an AXFR that the server began (None otherwise)."""

@@ -117,8 +117,9 @@ def test_connection_refused_is_one_line_and_exit_9():
 # ------------------------------------------------------------------ +json shape
 
 SCALARS = {
-    "version": int, "dateSeconds": float, "dateString": str, "tries": int,
+    "version": int, "dateSeconds": float, "dateString": str, "tries": int, "elapsed_ms": float,
 }  # fmt: skip
+TRANSFER_KEYS = {"messages", "records", "bytes", "answerRRs"}
 SHAPE = {
     "query": {"qname": str, "qtype": str, "qclass": str, "dnssec": bool, "recurse": bool,
               "msgsize": int},
@@ -171,7 +172,8 @@ def test_json_shape_matches_the_documented_shape(loopback_server):
     (line,) = result.output.splitlines()
     obj = json.loads(line)
     _check({k: obj[k] for k in SHAPE}, SHAPE)
-    assert set(obj) == set(SHAPE) | set(SCALARS) | {"response"}
+    assert set(obj) == set(SHAPE) | set(SCALARS) | {"response", "transfer"}
+    assert obj["transfer"] is None
     for key, kind in SCALARS.items():
         assert isinstance(obj[key], kind)
     assert set(obj["response"]) == RESPONSE_KEYS
@@ -180,7 +182,7 @@ def test_json_shape_matches_the_documented_shape(loopback_server):
     assert rr["rdataA"] == "192.0.2.1"
     # Every field name is documented.
     doc = DOC.read_text()
-    names = set(SCALARS) | RESPONSE_KEYS | RR_KEYS
+    names = set(SCALARS) | RESPONSE_KEYS | RR_KEYS | TRANSFER_KEYS | {"transfer"}
     for section in SHAPE.values():
         for key, sub in section.items():
             names |= set(sub) if isinstance(sub, dict) else {key}
