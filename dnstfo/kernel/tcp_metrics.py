@@ -1,7 +1,7 @@
 """The kernel's per-destination TCP metrics cache, where Fast Open cookies live.
 
 Speaks the generic netlink family ``tcp_metrics`` (include/uapi/linux/tcp_metrics.h,
-net/ipv4/tcp_metrics.c), what ``ip tcp_metrics`` does: dump entries, delete one, flush.
+net/ipv4/tcp_metrics.c), what ``ip tcp_metrics`` does: dump entries, get or delete one, flush.
 
 Theory of operation: a request is one netlink message (nlmsghdr + genlmsghdr +
 attributes); the kernel answers with entries (a dump ends with NLMSG_DONE) or with
@@ -219,10 +219,78 @@ def cookie_for(daddr: str, saddr: str | None = None) -> bytes | None:
     return None
 
 
+def _pair_attrs(daddr: str, saddr: str | None) -> bytes:
+    attrs = _addr_attrs(daddr, ATTR_ADDR_IPV4, ATTR_ADDR_IPV6)
+    if saddr is not None:
+        attrs += _addr_attrs(saddr, ATTR_SADDR_IPV4, ATTR_SADDR_IPV6)
+    return attrs
+
+
+class Cache:
+    """One open netlink socket on the cache, for many targeted reads and deletes.
+
+    ``get`` asks the kernel for the one entry of an address pair (``tcp_metrics_nl_cmd_get``
+    walks a single hash chain), instead of dumping the whole cache: the probe reads it
+    before and after every connection. Close it when done (or use ``with``).
+
+    Raises:
+        KernelFeatureError: the kernel has no tcp_metrics family.
+    """
+
+    def __init__(self) -> None:
+        self._nl = _Genl()
+
+    def get(self, daddr: str, saddr: str | None = None) -> TcpMetricsEntry | None:
+        """The entry for (source, destination), or None when nothing is cached.
+
+        Without ``saddr`` the kernel returns the first entry for the destination.
+        """
+        try:
+            replies = self._nl.request(self._nl.family, CMD_GET, _pair_attrs(daddr, saddr), 0)
+        except NetworkError as exc:
+            if exc.errno == errno.ESRCH:
+                return None
+            raise
+        return _entry(replies[0]) if replies else None
+
+    def cookie(self, daddr: str, saddr: str | None = None) -> bytes | None:
+        """The Fast Open cookie cached for (source, destination), or None."""
+        entry = self.get(daddr, saddr)
+        return None if entry is None else entry.cookie
+
+    def delete(self, daddr: str, saddr: str | None = None) -> None:
+        """Deletes the entry for (source, destination); every source's without ``saddr``.
+
+        Raises:
+            PermissionNeeded: not root / CAP_NET_ADMIN.
+        """
+        _delete_on(self._nl, _pair_attrs(daddr, saddr), "deleting from")
+
+    def close(self) -> None:
+        """Closes the netlink socket."""
+        self._nl.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def get(daddr: str, saddr: str | None = None) -> TcpMetricsEntry | None:
+    """The entry for (source, destination), or None (one targeted request, no dump)."""
+    with Cache() as cache:
+        return cache.get(daddr, saddr)
+
+
 def _modify(attrs: bytes, what: str) -> None:
+    with _Genl() as nl:
+        _delete_on(nl, attrs, what)
+
+
+def _delete_on(nl: _Genl, attrs: bytes, what: str) -> None:
     try:
-        with _Genl() as nl:
-            nl.request(nl.family, CMD_DEL, attrs, NLM_F_ACK)
+        nl.request(nl.family, CMD_DEL, attrs, NLM_F_ACK)
     except NetworkError as exc:
         if exc.errno == errno.EPERM:
             who = "root" if os.geteuid() else "CAP_NET_ADMIN in this namespace"
@@ -238,10 +306,7 @@ def delete(daddr: str, saddr: str | None = None) -> None:
     Raises:
         PermissionNeeded: not root / CAP_NET_ADMIN.
     """
-    attrs = _addr_attrs(daddr, ATTR_ADDR_IPV4, ATTR_ADDR_IPV6)
-    if saddr is not None:
-        attrs += _addr_attrs(saddr, ATTR_SADDR_IPV4, ATTR_SADDR_IPV6)
-    _modify(attrs, "deleting from")
+    _modify(_pair_attrs(daddr, saddr), "deleting from")
 
 
 def flush() -> None:

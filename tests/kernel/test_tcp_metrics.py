@@ -69,3 +69,38 @@ def _delete_as_nobody() -> None:
 def test_delete_without_privilege_says_what_is_needed(tfo_ns) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(PermissionNeeded, match="needs root"):
         tfo_ns.run(_delete_as_nobody)
+
+
+def prime_then_get() -> dict[str, object]:
+    tfo_loopback.with_keys([K1])
+    dumped = tcp_metrics.lookup(tfo_loopback.HOST)[0]
+    with tcp_metrics.Cache() as cache:
+        pair = cache.get(tfo_loopback.HOST, tfo_loopback.HOST)
+        any_source = cache.get(tfo_loopback.HOST)
+        other_source = cache.get(tfo_loopback.HOST, "127.0.0.2")
+        absent = cache.get("127.0.0.9")
+        cache.delete(tfo_loopback.HOST, tfo_loopback.HOST)
+        after_delete = cache.cookie(tfo_loopback.HOST, tfo_loopback.HOST)
+    return {
+        "dumped": dumped,
+        "pair": pair,
+        "any_source": any_source,
+        "other_source": other_source,
+        "absent": absent,
+        "after_delete": after_delete,
+        "module_get": tcp_metrics.get(tfo_loopback.HOST),
+    }
+
+
+@pytest.mark.netadmin
+def test_get_reads_one_address_pair_as_the_dump_shows_it(tfo_ns) -> None:  # type: ignore[no-untyped-def]
+    r = tfo_ns.run(prime_then_get)
+    dumped = r["dumped"]
+    assert dumped.cookie is not None
+    assert r["pair"].cookie == dumped.cookie
+    assert (r["pair"].daddr, r["pair"].saddr) == ("127.0.0.1", "127.0.0.1")
+    assert r["any_source"].cookie == dumped.cookie
+    assert r["other_source"] is None
+    assert r["absent"] is None
+    assert r["after_delete"] is None
+    assert r["module_get"] is None
