@@ -1,0 +1,276 @@
+"""The multiplexed driver: thousands of exchanges at once on one selector, no threads.
+
+Theory of operation: each exchange is an ``Exchange`` (plain state) plus its socket,
+registered with one ``selectors.DefaultSelector`` (epoll on Linux). ``start`` opens the
+connection at once (the query rides in the SYN when a cookie allows) and waits for
+writability; once established the rest of the query is written and the socket waits for
+readability until one whole message. Deadlines sit in one heap (lazily re-queued when an
+exchange re-arms its per-phase deadline). Whatever the end (answer, error, deadline),
+TCP_INFO is read from the socket before it is closed, and the caller's ``done`` gets an
+``Outcome``. Nothing here blocks except the selector's wait in ``poll``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dnstfo.client.config import QueryConfig
+from dnstfo.client.exchange import Exchange, open_connection, pending_error
+from dnstfo.client.report import Fallback
+from dnstfo.errors import DnstfoError, NetworkError
+from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
+from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
+
+if TYPE_CHECKING:
+    import dns.message
+
+log = logging.getLogger(__name__)
+
+_RECV_SIZE = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one exchange came to: an answer or an error, with what the kernel showed."""
+
+    config: QueryConfig
+    """What was asked."""
+    source: tuple[str, int] | None
+    """Local address and port (None: the socket never got one)."""
+    in_syn: int
+    """Bytes of the query the kernel put in the SYN."""
+    fallback: Fallback
+    """Why TFO was requested but not tried, or ``NONE``."""
+    fallback_reason: str | None
+    """The error behind ``fallback``."""
+    times: PhaseTimes
+    """Milestones on the monotonic clock."""
+    at_connect: TcpInfo | None
+    """TCP_INFO when the handshake completed (None: it did not)."""
+    info: TcpInfo | None
+    """TCP_INFO at the end (answer or failure; None: no socket)."""
+    response: dns.message.Message | None
+    """The checked response, or None."""
+    response_size: int
+    """Response size in bytes (0 without one)."""
+    error: DnstfoError | None
+    """Why there is no response, or None."""
+    wall_started: float
+    """Wall-clock start, for records."""
+    wall_finished: float
+    """Wall-clock end."""
+
+
+Done = Callable[[Outcome], None]
+
+
+class _Flight:
+    __slots__ = (
+        "at_connect",
+        "config",
+        "done",
+        "ex",
+        "fallback",
+        "in_syn",
+        "reason",
+        "sock",
+        "wall",
+    )
+
+    def __init__(
+        self, config: QueryConfig, ex: Exchange, sock: socket.socket, done: Done, wall: float
+    ) -> None:
+        self.config = config
+        self.ex = ex
+        self.sock = sock
+        self.done = done
+        self.wall = wall
+        self.in_syn = 0
+        self.fallback = Fallback.NONE
+        self.reason: str | None = None
+        self.at_connect: TcpInfo | None = None
+
+
+class Multiplexer:
+    """Runs many exchanges at once; the caller starts them and calls ``poll`` in a loop.
+
+    Args:
+        clock: the monotonic clock (tests inject one).
+        per_phase: each phase gets the config's timeout (else the whole exchange does).
+    """
+
+    def __init__(self, clock: Clock | None = None, *, per_phase: bool = True) -> None:
+        self._clock = clock or MonotonicClock()
+        self._per_phase = per_phase
+        self._sel = selectors.DefaultSelector()
+        self._heap: list[tuple[int, int, _Flight]] = []
+        self._seq = itertools.count()
+        self._live: set[_Flight] = set()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def start(self, config: QueryConfig, query: dns.message.Message, done: Done) -> None:
+        """Opens a connection for ``query`` to ``config.server``; ``done`` gets its outcome.
+
+        ``done`` is called from ``start`` itself when the connection fails at once, else
+        from a later ``poll``. It may start further exchanges.
+        """
+        wall = time.time()
+        now = self._clock.now_ns()
+        ex = Exchange(query, query.to_wire(), config.timeout, now, per_phase=self._per_phase)
+        try:
+            opening = open_connection(config, ex.data)
+        except DnstfoError as exc:
+            done(_failed(config, ex, exc, wall))
+            return
+        flight = _Flight(config, ex, opening.sock, done, wall)
+        flight.in_syn, flight.fallback, flight.reason = (
+            opening.in_syn,
+            opening.fallback,
+            opening.fallback_reason,
+        )
+        ex.on_sent(opening.in_syn)
+        self._live.add(flight)
+        self._sel.register(flight.sock, selectors.EVENT_WRITE, flight)
+        heapq.heappush(self._heap, (ex.deadline_ns, next(self._seq), flight))
+
+    def poll(self, timeout: float | None = None) -> None:
+        """Waits up to ``timeout`` seconds (None: until the next deadline) and handles events.
+
+        Returns at once when nothing is in flight.
+        """
+        if not self._live:
+            return
+        now = self._clock.now_ns()
+        wait = max(self._heap[0][0] - now, 0) / 1e9 if self._heap else None
+        if timeout is not None:
+            wait = timeout if wait is None else min(wait, timeout)
+        for key, _ in self._sel.select(wait):
+            flight: _Flight = key.data
+            if flight in self._live:
+                self._on_ready(flight)
+        self._expire(self._clock.now_ns())
+
+    def close(self) -> None:
+        """Abandons every exchange in flight (no callbacks) and closes the selector."""
+        for flight in list(self._live):
+            self._drop(flight)
+        self._sel.close()
+
+    def _on_ready(self, flight: _Flight) -> None:
+        ex, sock = flight.ex, flight.sock
+        try:
+            if ex.connected is None:
+                error = pending_error(sock, (flight.config.server, flight.config.port))
+                if error is not None:
+                    raise error
+                ex.on_connected(self._clock.now_ns())
+                flight.at_connect = tcp_info(sock)
+                self._requeue(flight)
+            if ex.unsent:
+                try:
+                    ex.on_sent(sock.send(ex.unsent))
+                except BlockingIOError:
+                    return
+                except OSError as exc:
+                    raise NetworkError.from_oserror("sending the query", exc) from exc
+                if ex.unsent:
+                    return
+                self._sel.modify(sock, selectors.EVENT_READ, flight)
+            self._read(flight)
+        except DnstfoError as exc:
+            self._finish(flight, None, 0, exc)
+
+    def _read(self, flight: _Flight) -> None:
+        ex, sock = flight.ex, flight.sock
+        while True:
+            try:
+                chunk = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                raise NetworkError.from_oserror("reading the response", exc) from exc
+            first = ex.first_byte is None
+            message = ex.on_data(chunk, self._clock.now_ns())
+            if first:
+                self._requeue(flight)
+            if message is not None:
+                self._finish(flight, ex.check(message), len(message), None)
+                return
+
+    def _requeue(self, flight: _Flight) -> None:
+        if self._per_phase:
+            heapq.heappush(self._heap, (flight.ex.deadline_ns, next(self._seq), flight))
+
+    def _expire(self, now: int) -> None:
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, flight = heapq.heappop(self._heap)
+            if flight in self._live and deadline == flight.ex.deadline_ns:
+                self._finish(flight, None, 0, flight.ex.timeout_error())
+
+    def _drop(self, flight: _Flight) -> None:
+        self._live.discard(flight)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(flight.sock)
+        flight.sock.close()
+
+    def _finish(
+        self,
+        flight: _Flight,
+        response: dns.message.Message | None,
+        size: int,
+        error: DnstfoError | None,
+    ) -> None:
+        try:
+            info: TcpInfo | None = tcp_info(flight.sock)
+            name = flight.sock.getsockname()
+            source: tuple[str, int] | None = (str(name[0]), int(name[1])) if name[1] else None
+        except OSError:
+            info, source = None, None
+        self._drop(flight)
+        ex = flight.ex
+        flight.done(
+            Outcome(
+                config=flight.config,
+                source=source,
+                in_syn=flight.in_syn,
+                fallback=flight.fallback,
+                fallback_reason=flight.reason,
+                times=ex.times(),
+                at_connect=flight.at_connect,
+                info=info,
+                response=response,
+                response_size=size,
+                error=error,
+                wall_started=flight.wall,
+                wall_finished=time.time(),
+            )
+        )
+
+
+def _failed(config: QueryConfig, ex: Exchange, error: DnstfoError, wall: float) -> Outcome:
+    return Outcome(
+        config=config,
+        source=None,
+        in_syn=0,
+        fallback=Fallback.NONE,
+        fallback_reason=None,
+        times=ex.times(),
+        at_connect=None,
+        info=None,
+        response=None,
+        response_size=0,
+        error=error,
+        wall_started=wall,
+        wall_finished=time.time(),
+    )
