@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 
 _HEADER_SIZE = 12
 _QR = 0x8000
+_TC = 0x0200
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00\x00"  # QDCOUNT 1, other counts 0
 _ECHOED_IN_ERRORS = 0x7800 | 0x0100  # OPCODE and RD
 #: Never cached: a malformed query (RFC 1035 §4.1.1) or a failure of ours.
 _UNCACHED = frozenset((dns.rcode.FORMERR, dns.rcode.SERVFAIL))
@@ -343,6 +345,37 @@ def _header_only(
     flags = _QR | ((wire[2] << 8 | wire[3]) & _ECHOED_IN_ERRORS) | (rcode & 0xF)
     header = wire[:2] + flags.to_bytes(2, "big") + bytes(8)
     return Reply(header, rcode, qname, qtype)
+
+
+def truncated_reply(wire: bytes) -> bytes | None:
+    """The smallest answer that sends a UDP client to TCP: header and question, TC set.
+
+    Used where a full answer must not go out (rate limiting's "slip"): the ID, OPCODE, RD
+    and question are the query's, QR and TC are set, every other section is empty.
+
+    Args:
+        wire: the query as received.
+
+    Returns:
+        The response, or None for anything but a query with one plainly encoded question.
+    """
+    if len(wire) < 17 or wire[2] & 0x80 or wire[4:6] != b"\x00\x01":
+        return None
+    pos = _HEADER_SIZE
+    try:
+        length = wire[pos]
+        while length:
+            if length > 63:
+                return None  # a compression pointer or an extended label type
+            pos += length + 1
+            length = wire[pos]
+    except IndexError:
+        return None
+    end = pos + 5
+    if end > len(wire) or pos - _HEADER_SIZE >= 255:  # RFC 1035 §3.1: 255 octets at most
+        return None
+    flags = _QR | _TC | ((wire[2] << 8 | wire[3]) & _ECHOED_IN_ERRORS)
+    return wire[:2] + flags.to_bytes(2, "big") + _ONE_QUESTION + wire[_HEADER_SIZE:end]
 
 
 def _cache_entry(reply: Reply) -> CachedAnswer | None:

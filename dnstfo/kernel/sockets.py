@@ -277,3 +277,65 @@ def send_in_syn(sock: socket.socket, data: bytes, address: tuple[str, int]) -> i
             raise _client_off() from exc
         doing = f"connecting to {address[0]} port {address[1]}"
         raise NetworkError.from_oserror(doing, exc) from exc
+
+
+# UDP on a wildcard address: the kernel picks a reply's source address by routing, which
+# on a host with several addresses need not be the one the query was sent to (and clients
+# reject such replies). IP_PKTINFO / IPV6_RECVPKTINFO tell us, per datagram, the address
+# it was sent to; passing it back in sendmsg's ancillary data makes it the reply's source.
+IP_PKTINFO = 8  # include/uapi/linux/in.h; absent from Python's socket module
+_IPV6_PKTINFO = socket.IPV6_PKTINFO
+PKTINFO_SPACE = socket.CMSG_SPACE(20)
+"""Ancillary buffer size for one ``in_pktinfo`` (12 bytes) or ``in6_pktinfo`` (20)."""
+_NO_IFINDEX = bytes(4)
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` is the unspecified address (``0.0.0.0`` or ``::``)."""
+    return ipaddress.ip_address(host).is_unspecified
+
+
+def enable_pktinfo(sock: socket.socket) -> None:
+    """Asks the kernel for each datagram's destination address (see :func:`reply_pktinfo`).
+
+    Raises:
+        NetworkError: the option could not be set (errno kept).
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    except OSError as exc:
+        raise NetworkError.from_oserror("setting IP_PKTINFO", exc) from exc
+
+
+def reply_pktinfo(ancdata: list[tuple[int, int, bytes]]) -> list[tuple[int, int, bytes]]:
+    """The ancillary data for ``sendmsg`` that sends a reply from the query's address.
+
+    The interface index is left 0, as Knot DNS does, so routing still picks the way out.
+
+    Args:
+        ancdata: what ``recvmsg`` returned for the query.
+
+    Returns:
+        The reply's ancillary data (empty when the query carried no pktinfo).
+    """
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo {ifindex; spec_dst; addr}: the source goes in spec_dst.
+            return [(level, kind, _NO_IFINDEX + data[8:12] + data[8:12])]
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
+            # struct in6_pktinfo {addr; ifindex}
+            return [(level, kind, data[:16] + _NO_IFINDEX)]
+    return []
+
+
+def pktinfo_address(ancdata: list[tuple[int, int, bytes]]) -> str | None:
+    """The address a datagram was sent to, from its ``recvmsg`` pktinfo; None without one."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
+            return socket.inet_ntop(socket.AF_INET, data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == _IPV6_PKTINFO and len(data) >= 20:
+            return socket.inet_ntop(socket.AF_INET6, data[:16])
+    return None

@@ -158,6 +158,22 @@ _COUNTER_NAMES = {
     "TCPSynRetrans": "syn_retrans",
 }
 
+KERNEL_NAMES = {field: kernel for kernel, field in _COUNTER_NAMES.items()}
+"""The TcpExt name of each :class:`FastOpenCounters` field (``active`` -> TCPFastOpenActive)."""
+
+MEANINGS = {
+    "active": "our SYNs carried data and the server acknowledged it (queries sent with TFO)",
+    "active_fail": "our SYN data was not acknowledged, or the SYN was resent without it",
+    "passive": "connections we accepted with data in the SYN (queries served with TFO)",
+    "passive_fail": "SYNs with data and a cookie we did not accept (a stale or forged cookie)",
+    "passive_alt_key": "cookies accepted with the backup key (after a key rotation)",
+    "cookie_reqd": "SYNs that asked us for a cookie (a client's first TFO connection)",
+    "listen_overflow": "SYN data refused because a listener's TFO queue was full",
+    "blackhole": "times active TFO was paused after a suspected middlebox blackhole",
+    "syn_retrans": "SYN and SYN-ACK retransmissions (any TCP connection, not only TFO)",
+}
+"""Each :class:`FastOpenCounters` field in words, for people (``dnstfo doctor``)."""
+
 
 def parse_netstat(text: str) -> FastOpenCounters:
     """Parses ``/proc/net/netstat`` text (pairs of name and value lines per group)."""

@@ -2,15 +2,21 @@
 
 Example text line::
 
-    127.0.0.1#40312 example.com. A NOERROR tcp TFO 0.081ms
+    2026-11-30T15:40:00.123Z 127.0.0.1#40312 -> 127.0.0.1#53 example.com. A NOERROR tcp TFO 0.081ms
 
-``TFO`` marks a query that arrived in the data of the SYN (TCP_INFO SYN_DATA on our side).
+The time is when the line was written, ISO 8601 in UTC with milliseconds; then the client's
+address and port, the local address and port the query came in on (``-`` when the driver
+does not know it), the question, the RCODE, the transport and the latency. ``TFO`` marks a
+query that arrived in the data of the SYN (TCP_INFO SYN_DATA on our side). The JSON form
+has the same values under ``time``, ``client``, ``port``, ``local``, ``local_port``,
+``qname``, ``qtype``, ``rcode``, ``transport``, ``tfo`` and ``latency_ms``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 
 import dns.rcode
 import dns.rdatatype
@@ -18,6 +24,13 @@ import dns.rdatatype
 from dnstfo.server.config import QueryLog
 
 QUERY_LOGGER = "dnstfo.query"
+
+
+def utc_timestamp(seconds: float) -> str:
+    """``seconds`` since the epoch as ISO 8601 in UTC with milliseconds (``...T15:40:00.123Z``)."""
+    whole = int(seconds)
+    millis = int((seconds - whole) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{millis:03d}Z"
 
 
 def rcode_name(rcode: int) -> str:
@@ -54,8 +67,24 @@ class QueryLogger:
         transport: str,
         syn_data: bool,
         latency_ns: int,
+        local: str | None = None,
+        local_port: int | None = None,
     ) -> None:
-        """Logs one query (INFO level)."""
+        """Logs one query (INFO level).
+
+        Args:
+            client: the client's address.
+            port: the client's port.
+            qname: the question name, when it could be read.
+            qtype: the question type, when it could be read.
+            rcode: the response RCODE (None: nothing was sent).
+            transport: ``udp`` or ``tcp``.
+            syn_data: the query arrived in the SYN.
+            latency_ns: from the query's arrival to its answer.
+            local: the address the query was sent to (ours); None when unknown.
+            local_port: the port it was sent to; None when unknown.
+        """
+        stamp = utc_timestamp(time.time())
         qtype_text = (
             dns.rdatatype.to_text(dns.rdatatype.RdataType.make(qtype)) if qtype is not None else "-"
         )
@@ -63,8 +92,11 @@ class QueryLogger:
         if self.mode is QueryLog.JSON:
             line = json.dumps(
                 {
+                    "time": stamp,
                     "client": client,
                     "port": port,
+                    "local": local,
+                    "local_port": local_port,
                     "qname": qname,
                     "qtype": qtype_text,
                     "rcode": rcode_text,
@@ -76,8 +108,9 @@ class QueryLogger:
             )
         else:
             mark = " TFO" if syn_data else ""
+            here = f"{local or '-'}#{'-' if local_port is None else local_port}"
             line = (
-                f"{client}#{port} {qname or '-'} {qtype_text} {rcode_text} "
+                f"{stamp} {client}#{port} -> {here} {qname or '-'} {qtype_text} {rcode_text} "
                 f"{transport}{mark} {latency_ns / 1e6:.3f}ms"
             )
         self._logger.info("%s", line)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from dnstfo.kernel.sysctl import FastOpenCounters, read_counters
+from dnstfo.kernel.sysctl import KERNEL_NAMES, FastOpenCounters, read_counters
 from dnstfo.server.querylog import rcode_name
 
 if TYPE_CHECKING:
@@ -54,6 +54,10 @@ class ServerStats:
     """Times each limit was hit."""
     axfr: int = 0
     """Zone transfers served."""
+    rrl_dropped: int = 0
+    """UDP responses not sent: over the rate limit (RRL)."""
+    rrl_slipped: int = 0
+    """UDP responses over the rate limit sent truncated instead (RRL slip)."""
     kernel_at_start: FastOpenCounters | None = None
     """The namespace's TFO counters when the server started."""
 
@@ -148,6 +152,17 @@ class StatsCollector:
             "dnstfo_protocol_errors", "TCP connections closed for bad framing", s.protocol_errors
         )
         yield CounterMetricFamily("dnstfo_axfr", "Zone transfers served", s.axfr)
+        yield CounterMetricFamily(
+            "dnstfo_rrl_dropped",
+            "UDP responses not sent because the client's prefix was over the rate limit",
+            s.rrl_dropped,
+        )
+        yield CounterMetricFamily(
+            "dnstfo_rrl_slipped",
+            "UDP responses over the rate limit sent truncated (TC=1) so the client retries "
+            "over TCP",
+            s.rrl_slipped,
+        )
         limits = CounterMetricFamily("dnstfo_limits_hit", "Limits hit", labels=["limit"])
         for limit in Limit:
             limits.add_metric([limit.value], s.limits[limit])
@@ -155,7 +170,12 @@ class StatsCollector:
 
 
 class KernelFastOpenCollector:
-    """A Prometheus collector of the namespace's TcpExt TCPFastOpen* counters."""
+    """A Prometheus collector of the namespace's TcpExt TCPFastOpen* counters.
+
+    These count every socket of the network namespace, not only this server's: other
+    programs' TFO connections (and dnstfo's own client queries) in the same namespace add
+    to them, and they start at the namespace's creation, not the server's.
+    """
 
     def describe(self) -> list[object]:
         return []
@@ -171,7 +191,9 @@ class KernelFastOpenCollector:
         for f in fields(counters):
             yield CounterMetricFamily(
                 f"dnstfo_kernel_tcp_{f.name}",
-                f"Kernel TcpExt counter ({f.name}) of the server's network namespace",
+                f"Kernel TcpExt counter {KERNEL_NAMES.get(f.name, f.name)} of the whole network "
+                "namespace the server runs in (every program's sockets there, since the "
+                "namespace was made; not only this server's)",
                 getattr(counters, f.name),
             )
 

@@ -1,59 +1,143 @@
-"""The asyncio driver of DNS over UDP: one datagram in, at most one datagram out.
+"""The driver of DNS over UDP: one datagram in, at most one datagram out.
 
 The responder fits each answer to the client's EDNS payload size (at most ours) and sets
 TC when it does not fit (RFC 1035 §4.2.1, RFC 6891 §6.2.5), so the client retries over TCP.
+
+Theory of operation:
+
+- The socket is read from the event loop's reader callback with ``recvmsg``, up to
+  ``_BATCH`` datagrams per wake-up (asyncio's datagram transport reads one per wake-up and
+  cannot pass ancillary data).
+- On a wildcard address (``0.0.0.0``, ``::``) each datagram carries its destination
+  address (IP_PKTINFO / IPV6_PKTINFO) and the reply goes out from that address, as
+  RFC 1123 §6.1.3.5 asks of a multihomed host and clients check (a reply from another
+  address is dropped as "unexpected source"). On a specific address the kernel does this.
+- With response rate limiting on (see ``rrl``), the decision comes before the answer is
+  built, so a flood over the rate costs no answering; a "slip" sends the query back as a
+  header and question with TC set.
+- A reply the socket cannot take now (buffer full) is counted as dropped: UDP clients
+  retry, and queueing would only add latency.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
-from typing import Any, cast
 
-from dnstfo.answer.responder import Responder, Transport
+from dnstfo.answer.responder import Responder, Transport, truncated_reply
+from dnstfo.kernel.sockets import (
+    PKTINFO_SPACE,
+    enable_pktinfo,
+    is_wildcard,
+    pktinfo_address,
+    reply_pktinfo,
+)
 from dnstfo.server.querylog import QueryLogger
+from dnstfo.server.rrl import RateLimiter, RrlAction, RrlConfig
 from dnstfo.server.stats import ServerStats
 
 log = logging.getLogger(__name__)
 
 _UDP = Transport.UDP
+_MAX_DATAGRAM = 65535
+_BATCH = 64
+"""Datagrams read per wake-up before the loop gets control back."""
+_SEND, _SLIP = RrlAction.SEND, RrlAction.SLIP
 
 
-class UdpServer(asyncio.DatagramProtocol):
-    """Answers datagrams on one UDP socket.
+class UdpServer:
+    """Answers datagrams on one bound UDP socket.
 
     Args:
+        sock: the bound socket (the caller keeps ownership and closes it).
         responder: the answer engine.
         stats: counters.
         query_log: per-query lines.
+        rrl: response rate limiting; None or a rate of 0: off.
     """
 
-    def __init__(self, responder: Responder, stats: ServerStats, query_log: QueryLogger) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        responder: Responder,
+        stats: ServerStats,
+        query_log: QueryLogger,
+        rrl: RrlConfig | None = None,
+    ) -> None:
+        self.sock = sock
         self.responder = responder
         self.stats = stats
         self.query_log = query_log
-        self.transport: asyncio.DatagramTransport | None = None
+        self.limiter = RateLimiter(rrl) if rrl is not None and rrl.enabled else None
+        host, self.port = sock.getsockname()[:2]
+        self.wildcard = is_wildcard(host)
+        self.local: str | None = None if self.wildcard else host
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A datagram transport, though on Python 3.11 the selector loop's class does not
-        # inherit asyncio.DatagramTransport (so no isinstance check).
-        self.transport = cast(asyncio.DatagramTransport, transport)
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Starts answering from ``loop`` (call on the loop's thread).
 
-    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        started = time.monotonic_ns() if self.query_log.enabled else 0
+        Raises:
+            NetworkError: the destination-address option could not be set.
+        """
+        self.sock.setblocking(False)
+        if self.wildcard:
+            enable_pktinfo(self.sock)
+        loop.add_reader(self.sock.fileno(), self._readable)
+        self._loop = loop
+
+    def close(self) -> None:
+        """Stops answering (the socket stays open)."""
+        if self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    def _readable(self) -> None:
+        sock = self.sock
+        wildcard = self.wildcard
+        ancdata: list[tuple[int, int, bytes]] = []
+        for _ in range(_BATCH):
+            try:
+                if wildcard:
+                    data, ancdata, _flags, addr = sock.recvmsg(_MAX_DATAGRAM, PKTINFO_SPACE)
+                else:
+                    data, addr = sock.recvfrom(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # e.g. an ICMP error for an earlier send
+                log.debug("UDP receive error: %s", exc)
+                return
+            self._datagram(data, addr, ancdata)
+
+    def _datagram(
+        self, data: bytes, addr: tuple[str, int], ancdata: list[tuple[int, int, bytes]]
+    ) -> None:
+        started = time.monotonic_ns()
         client = addr[0]
-        assert isinstance(client, str)
-        reply = self.responder.respond(data, transport=_UDP, client=client)
         stats = self.stats
+        limiter = self.limiter
+        if limiter is not None:
+            action = limiter.check(client, started)
+            if action is not _SEND:
+                wire = truncated_reply(data) if action is _SLIP else None
+                if wire is None:
+                    stats.rrl_dropped += 1
+                    return
+                stats.rrl_slipped += 1
+                self._send(wire, addr, ancdata)
+                return
+        reply = self.responder.respond(data, transport=_UDP, client=client)
         if reply.wire is None:
             stats.dropped += 1
             return
-        assert self.transport is not None  # datagrams only arrive once connected
         assert reply.rcode is not None  # a reply with a message has an RCODE
-        self.transport.sendto(reply.wire, addr)
+        if not self._send(reply.wire, addr, ancdata):
+            stats.dropped += 1
+            return
         stats.queries["udp", reply.rcode] += 1
-        if started:
+        if self.query_log.enabled:
             self.query_log.record(
                 client=client,
                 port=int(addr[1]),
@@ -63,7 +147,20 @@ class UdpServer(asyncio.DatagramProtocol):
                 transport="udp",
                 syn_data=False,
                 latency_ns=time.monotonic_ns() - started,
+                local=pktinfo_address(ancdata) if self.wildcard else self.local,
+                local_port=self.port,
             )
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error: %s", exc)  # ICMP errors for earlier sends; nothing to do
+    def _send(
+        self, wire: bytes, addr: tuple[str, int], ancdata: list[tuple[int, int, bytes]]
+    ) -> bool:
+        """Sends one reply from the query's destination address; False if it could not go."""
+        try:
+            if self.wildcard:
+                self.sock.sendmsg([wire], reply_pktinfo(ancdata), 0, addr)
+            else:
+                self.sock.sendto(wire, addr)
+        except OSError as exc:  # buffer full (EAGAIN), or no route back
+            log.debug("UDP reply to %s not sent: %s", addr[0], exc)
+            return False
+        return True
