@@ -174,18 +174,26 @@ class DnsServer:
 async def serve_until_signalled(
     server: DnsServer, *, on_ready: Callable[[DnsServer], None] | None = None
 ) -> None:
-    """Runs ``server`` until SIGTERM or SIGINT; SIGHUP reloads. Main thread only."""
+    """Runs ``server`` until SIGTERM or SIGINT; SIGHUP reloads. Main thread only.
+
+    The handlers are installed before the server accepts anything, and SIGHUP is then
+    unblocked (``run`` blocks it before binding), so a SIGHUP sent at any time after
+    start-up is a reload: one that came earlier is delivered now.
+    """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    await server.start()
     loop.add_signal_handler(signal.SIGHUP, server.reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    if on_ready is not None:
-        on_ready(server)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     try:
+        await server.start()
+        if on_ready is not None:
+            on_ready(server)
         await stop.wait()
     finally:
+        # Stopping: a late SIGHUP stays pending instead of killing the process.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await server.stop()

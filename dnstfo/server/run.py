@@ -43,8 +43,6 @@ def _serve(
 ) -> None:
     """Serves on ``listeners``; a worker reports its counters on ``report_fd``, a single
     process serves the metrics itself."""
-    # A SIGHUP before the loop's handler is installed must not end the process.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     authority = load_authority(config)
     server = DnsServer(config, listeners, authority)
     if report_fd is None and config.metrics is not None:
@@ -88,6 +86,18 @@ def run(config: ServerConfig, *, on_ready: Callable[[DnsServer], None] | None = 
     Raises:
         DnstfoError: the sockets or the key could not be set up.
     """
+    # SIGHUP waits (pending) until the reload handler is installed: one sent while
+    # starting must neither end the process nor be lost. Forked workers inherit the mask.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        return _run(config, on_ready)
+    finally:
+        if signal.SIGHUP in signal.sigpending():  # came while stopping: nothing to reload
+            signal.sigwait({signal.SIGHUP})
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+
+
+def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> int:
     warn_if_tfo_off()
     key = startup_key(config)
     reuseport = config.reuseport or config.workers > 1
@@ -144,8 +154,8 @@ def _supervise(
         if pid == 0:
             code = 0
             try:
-                for sig in relayed:
-                    signal.signal(sig, signal.SIG_IGN if sig == signal.SIGHUP else signal.SIG_DFL)
+                for sig in relayed:  # SIGHUP stays blocked until the worker's loop takes it
+                    signal.signal(sig, signal.SIG_DFL)
                 _die_with_parent()
                 for other in sets:
                     if other is not pairs:
@@ -171,6 +181,7 @@ def _supervise(
     counters = WorkerStats([read_end for read_end, _ in pipes], kernel)
     counters.start()
     log.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # relay one sent meanwhile
     status = 0
     if config.metrics is not None:
         try:
@@ -186,6 +197,7 @@ def _supervise(
             if os.waitstatus_to_exitcode(wait_status) != 0:
                 status = 1
     finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # nobody left to reload
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     counters.join(5.0)

@@ -5,16 +5,11 @@ from __future__ import annotations
 import ipaddress
 import os
 import signal
-import socket
 import stat
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
-import dns.message
-import dns.query
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +18,13 @@ from dnstfo.cli.serve import build_config
 from dnstfo.errors import UsageError
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.server.config import Endpoint, QueryLog
+from tests.server.serveproc import (
+    ServeProcess,
+    address_of,
+    ask,
+    free_port,
+    write_zone,
+)
 
 OPTIONS = {"zone": None, "listen": (), "config": None, "axfr_allow": ()}
 
@@ -132,24 +134,6 @@ def test_group_readable_key_refused(tmp_path: Path) -> None:
     assert "chmod 600" in result.output
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_answer(port: int, name: str, within: float = 10.0) -> dns.message.Message:
-    deadline = time.monotonic() + within
-    q = dns.message.make_query(name, "A")
-    while True:
-        try:
-            return dns.query.tcp(q, "127.0.0.1", port=port, timeout=1)
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def fetch(url: str, within: float = 10.0) -> str:
     """GETs a URL, retrying while the server is still starting (bounded)."""
     deadline = time.monotonic() + within
@@ -175,33 +159,27 @@ def tcp_noerror(metrics_text: str) -> int:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_serve_process_sighup_reload_and_sigterm(tmp_path: Path, workers: int) -> None:
     zones = tmp_path / "zones"
-    zones.mkdir()
-    zone = zones / "t.example.zone"
-    zone.write_text("$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\nw A 192.0.2.7\n")
+    zone = write_zone(zones, "192.0.2.7")
     port = free_port()
     metrics = free_port()
-    argv = [str(Path(sys.executable).parent / "dnstfo"), "serve", "--zone", str(zones)]
-    argv += ["--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
-    argv += ["--metrics", f"127.0.0.1:{metrics}", "--query-log", "json"]
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    args = ["--zone", str(zones), "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    args += ["--metrics", f"127.0.0.1:{metrics}", "--query-log", "json"]
     answered = 0  # NOERROR answers over TCP
 
-    def ask() -> str:
+    def ask_w() -> str:
         nonlocal answered
-        text = wait_for_answer(port, "w.t.example.").to_text()
+        address = address_of(ask(port))
         answered += 1
-        return text
+        return address
 
-    try:
-        assert "192.0.2.7" in ask()
+    with ServeProcess(args) as server:
+        assert address_of(server.first_answer(port)) == "192.0.2.7"
+        answered += 1
         zone.write_text(zone.read_text().replace("192.0.2.7", "192.0.2.8"))
-        proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while "192.0.2.8" not in ask():
-            assert time.monotonic() < deadline, "reload did not happen"
-            time.sleep(0.1)
+        server.signal(signal.SIGHUP)
+        server.wait_for("reloaded: 1 zones", count=workers)  # every worker reloaded
         for _ in range(20):  # fresh connections: SO_REUSEPORT spreads them over the workers
-            ask()
+            assert ask_w() == "192.0.2.8"
         # The metrics count every query, whichever worker answered it (workers report
         # their counters every second).
         deadline = time.monotonic() + 10
@@ -210,13 +188,8 @@ def test_serve_process_sighup_reload_and_sigterm(tmp_path: Path, workers: int) -
             time.sleep(0.2)
         text = fetch(f"http://127.0.0.1:{metrics}/metrics")
         assert "dnstfo_kernel_tcp_passive_total" in text
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers, started here
-            proc.communicate()
-    assert proc.returncode == 0, err
+        assert server.stop() == 0, server.text
+        err = server.text
     assert err.count("stopped:") == workers + (workers > 1)  # each worker, then their sum
     if workers > 1:
         (total,) = [line for line in err.splitlines() if "all 2 workers stopped:" in line]
