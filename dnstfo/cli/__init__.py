@@ -18,7 +18,7 @@ from typing import Any
 COMMANDS: dict[str, str] = {
     "lab": "dnstfo.cli.lab:lab",
     "serve": "dnstfo.cli.serve:serve",
-    "keygen": "dnstfo.cli.serve:keygen",
+    "keygen": "dnstfo.cli.keygen:keygen",
     "query": "dnstfo.cli.query:run",
     "cookies": "dnstfo.cli.cookies:cookies",
     "doctor": "dnstfo.cli.doctor:doctor",

@@ -1,8 +1,8 @@
-"""``dnstfo serve`` and ``dnstfo keygen``: options and a TOML file -> ServerConfig -> run.
+"""``dnstfo serve``: options and a TOML file -> ServerConfig -> run.
 
 A config file (``--config``, TOML) holds the same settings as the options, with the
 option names as keys (``zone``, ``listen`` (list), ``tfo-queue``, ``tfo-key``, ``workers``,
-``metrics``, ``query-log``, ``axfr-allow`` (list)) plus a ``[limits]`` table
+``metrics``, ``query-log``, ``axfr-allow`` (list), ``rrl``, ``rrl-slip``) plus a ``[limits]`` table
 (``max-connections``, ``max-per-client``, ``idle-timeout``, ``lifetime``, ``max-queries``).
 Options given on the command line override the file.
 """
@@ -27,6 +27,7 @@ from dnstfo.server.config import (
     ServerConfig,
     parse_network,
 )
+from dnstfo.server.rrl import RrlConfig
 from dnstfo.wire.connection import NS_PER_S
 
 _LIMITS = Limits()
@@ -49,6 +50,8 @@ _TOP_KEYS = {
     "query-log",
     "axfr-allow",
     "limits",
+    "rrl",
+    "rrl-slip",
 }
 
 
@@ -113,6 +116,18 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         query_log=query_log,
         axfr_allow=tuple(parse_network(str(n)) for n in pick("axfr-allow") or ()),
         limits=Limits.from_seconds(**limit_values),
+        rrl=_rrl(pick("rrl"), pick("rrl-slip")),
+    )
+
+
+def _rrl(rate: Any, slip: Any) -> RrlConfig:
+    """UDP response rate limiting from ``--rrl``/``--rrl-slip`` or ``rrl``/``rrl-slip``."""
+    for key, value in (("rrl", rate), ("rrl-slip", slip)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise UsageError(f"{key} must be an integer, not {value!r}")
+    default = RrlConfig()
+    return RrlConfig(
+        rate=default.rate if rate is None else rate, slip=default.slip if slip is None else slip
     )
 
 
@@ -157,6 +172,19 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
 @click.option(
     "--max-queries", type=int, help=f"Queries per TCP connection [{_POLICY.max_queries}]."
 )
+@click.option(
+    "--rrl",
+    type=int,
+    metavar="RATE",
+    help="UDP responses per second per client /24 (IPv4) or /56 (IPv6); 0: off [off].",
+)
+@click.option(
+    "--rrl-slip",
+    type=int,
+    metavar="N",
+    help="Of the responses over --rrl, send every Nth truncated so the client retries "
+    f"over TCP; 0: drop all [{RrlConfig().slip}].",
+)
 def serve(**options: Any) -> None:
     """Serve zones over TCP with TCP Fast Open, and over UDP.
 
@@ -190,25 +218,3 @@ def _setup_logging(mode: QueryLog) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
         logger.propagate = False
-
-
-@click.command()
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False),
-    help="Write the key here (mode 0600); default: print it.",
-)
-def keygen(output: str | None) -> None:
-    """Make a TCP Fast Open key (xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx) for --tfo-key."""
-    from dnstfo.server.keys import generate_key, write_key_file
-
-    key = generate_key()
-    if output is None:
-        click.echo(key.text())
-        return
-    try:
-        write_key_file(Path(output), key)
-    except DnstfoError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"wrote {output}", err=True)
