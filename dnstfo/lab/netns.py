@@ -27,6 +27,7 @@ import ctypes
 import logging
 import os
 import pickle
+import re
 import secrets
 import select
 import signal
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dnstfo.errors import LabError, PermissionNeeded
+from dnstfo.errors import LabError, PermissionNeeded, UsageError
 from dnstfo.kernel.sysctl import read_sysctl, write_sysctl
 
 log = logging.getLogger(__name__)
@@ -308,13 +309,16 @@ class ChildProcess:
 
 
 @contextlib.contextmanager
-def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[Namespace]:
+def namespace(
+    role: str, *, sysctls: dict[str, str] | None = None, name: str | None = None
+) -> Iterator[Namespace]:
     """Creates a namespace, yields it, and always removes it.
 
     Args:
         role: a short tag in the name (``c`` for client, ``s`` for server).
         sysctls: values to set inside, on top of :data:`DEFAULT_SYSCTLS`
             (e.g. ``{"net.ipv4.tcp_fastopen": "3"}``).
+        name: a fixed name instead of a random one (``fixed_name``); it must not exist yet.
 
     Yields:
         The namespace, with the loopback up and the sysctls set.
@@ -326,9 +330,13 @@ def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[N
     from pyroute2 import IPRoute, netns
 
     check_privileges()
-    name = f"{PREFIX}-{role}-{secrets.token_hex(3)}"
+    name = name or f"{PREFIX}-{role}-{secrets.token_hex(3)}"
+    if not name.startswith(PREFIX):
+        raise LabError(f"a lab namespace name starts with {PREFIX!r}: {name!r}")
     ns = Namespace(name)
     with deferred_signals():
+        if ns.path.exists():
+            raise LabError(f"namespace {name} exists already (another lab with that name?)")
         try:
             netns.create(name)
         except PermissionError as exc:
@@ -347,6 +355,20 @@ def namespace(role: str, *, sysctls: dict[str, str] | None = None) -> Iterator[N
         if os.getpid() == owner:  # never from a forked child that unwinds by mistake
             with deferred_signals():
                 remove_namespace(name)
+
+
+def fixed_name(prefix: str, role: str) -> str:
+    """The namespace name for ``role`` in a lab named ``prefix``: ``dtfo-PREFIX-ROLE``.
+
+    Raises:
+        UsageError: ``prefix`` is not letters, digits and inner dashes (at most 24).
+    """
+    if not _NAME.fullmatch(prefix):
+        raise UsageError(f"a lab name is 1-24 letters, digits or inner dashes, not {prefix!r}")
+    return f"{PREFIX}-{prefix}-{role}"
+
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,22}[A-Za-z0-9])?")
 
 
 def remove_namespace(name: str) -> None:
@@ -399,10 +421,13 @@ def deferred_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def signals_as_exceptions() -> Iterator[None]:
-    """Turns SIGTERM into ``KeyboardInterrupt`` for the block, so ``with`` blocks unwind.
+    """Turns SIGTERM and SIGINT into ``KeyboardInterrupt`` for the block, so ``with`` blocks unwind.
 
-    Ctrl-C already raises ``KeyboardInterrupt``; without this, SIGTERM would end the process
-    without running any cleanup. Outside the main thread this does nothing.
+    Without this, SIGTERM would end the process without running any cleanup. SIGINT
+    usually raises ``KeyboardInterrupt`` already, but a shell without job control starts
+    background commands (``dnstfo lab up &``) with SIGINT ignored, and Python then leaves
+    it ignored: ``kill -INT`` must still tear the lab down. Outside the main thread this
+    does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -417,11 +442,12 @@ def signals_as_exceptions() -> Iterator[None]:
             os._exit(128 + signum)
         raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _child_run(

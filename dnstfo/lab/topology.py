@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from dnstfo.errors import UsageError
 from dnstfo.lab import delay as _delay
 from dnstfo.lab.delay import DelayConfig, DelayLine, Fault
-from dnstfo.lab.netns import Namespace, namespace, signals_as_exceptions
+from dnstfo.lab.netns import Namespace, fixed_name, namespace, signals_as_exceptions
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,16 @@ class LabSpec:
     """Seed for jitter and loss."""
     ipv6: bool = True
     """Also give the lab IPv6 addresses."""
+    name: str | None = None
+    """Fixed namespace names ``dtfo-NAME-c`` and ``dtfo-NAME-s`` (None: random ones)."""
 
     def __post_init__(self) -> None:
         if self.rtt_ms < 0 or self.jitter_ms < 0:
             raise UsageError("rtt and jitter must not be negative")
         if not 0 <= self.loss <= 1:
             raise UsageError("loss is a probability between 0 and 1")
+        if self.name is not None:
+            fixed_name(self.name, "c")  # raises on a bad name
 
     def delay_config(self) -> DelayConfig:
         """The delay line configuration this spec asks for."""
@@ -107,10 +111,18 @@ def start_lab(spec: LabSpec) -> Iterator[Lab]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(signals_as_exceptions())
         client = stack.enter_context(
-            namespace("c", sysctls={"net.ipv4.tcp_fastopen": str(spec.client_tcp_fastopen)})
+            namespace(
+                "c",
+                sysctls={"net.ipv4.tcp_fastopen": str(spec.client_tcp_fastopen)},
+                name=None if spec.name is None else fixed_name(spec.name, "c"),
+            )
         )
         server = stack.enter_context(
-            namespace("s", sysctls={"net.ipv4.tcp_fastopen": str(spec.server_tcp_fastopen)})
+            namespace(
+                "s",
+                sysctls={"net.ipv4.tcp_fastopen": str(spec.server_tcp_fastopen)},
+                name=None if spec.name is None else fixed_name(spec.name, "s"),
+            )
         )
         line = stack.enter_context(_delay.delay_line(client.path, server.path, spec.delay_config()))
         v6 = spec.ipv6

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import secrets
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import IO
 
 import pytest
 from click.testing import CliRunner
@@ -10,8 +19,8 @@ from click.testing import CliRunner
 from dnstfo.cli import main
 from dnstfo.cli.lab import parse_ms
 from dnstfo.errors import PermissionNeeded
-from dnstfo.lab.demo import ServedQuery
-from dnstfo.lab.netns import lab_namespaces
+from dnstfo.lab.demo import ServedQuery, rounds_shortfall
+from dnstfo.lab.netns import lab_namespaces, remove_namespace
 from tests.lab.conftest import requires_lab
 
 
@@ -81,3 +90,110 @@ def test_demo_says_why_when_the_path_strips_the_cookie() -> None:
     assert "the delay line played strip-tfo-synack" in result.output
     assert " tcp TFO " not in result.output
     assert lab_namespaces(mine=True) == []
+
+
+@pytest.mark.parametrize(
+    ("worked", "baseline", "tfo", "why"),
+    [
+        (True, 2.0, [1.0, 1.1, 1.0], None),
+        (True, 2.4, [1.4], None),
+        (False, 2.0, [2.0], "TFO did not work"),
+        # --rtt 0ms: the kernel did its part, but the figures shown are not 2 and 1
+        (True, 17.6, [1.2, 1.1, 1.3], "plain TCP took 17.6 round trips, not 2"),
+        (True, 1.2, [1.0], "plain TCP took 1.2 round trips, not 2"),
+        (True, None, [1.0], "plain TCP took ? round trips, not 2"),
+        (True, 2.0, [1.0, 3.8, 1.0], "a TFO query took 3.8 round trips, not 1"),
+        (True, 2.0, [None], "a TFO query took ? round trips, not 1"),
+    ],
+)
+def test_the_demo_holds_only_when_every_figure_shown_is_two_then_one(
+    worked: bool, baseline: float | None, tfo: list[float | None], why: str | None
+) -> None:
+    found = rounds_shortfall(worked, baseline, tfo)
+    if why is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert why in found
+
+
+@pytest.mark.lab
+@pytest.mark.netadmin
+@requires_lab
+def test_demo_on_a_zero_rtt_path_exits_3_and_claims_no_saving() -> None:
+    result = CliRunner().invoke(main, ["lab", "demo", "--rtt", "0ms", "--count", "1"])
+    assert result.exit_code == 3, result.output
+    assert "no saving shown" in result.output
+    assert "processing time outweighs the round trips" in result.output
+    assert "TFO turned 2 round trips into 1" not in result.output
+    assert lab_namespaces(mine=True) == []
+
+
+def test_a_bad_lab_name_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["lab", "up", "--name", "no/slash"])
+    assert result.exit_code == 2
+    assert "a lab name is" in result.output
+    assert "Traceback" not in result.output
+
+
+_CLI = "from dnstfo.cli import main; main(prog_name='dnstfo')"
+# bash without job control starts a background command with SIGINT ignored.
+_BACKGROUND = 'python="$1"; shift; "$python" "$@" & echo "pid $!"; wait $!'
+
+
+class _Lines:
+    """Lines from a pipe, each waited for with a deadline (select on the raw descriptor)."""
+
+    def __init__(self, stream: IO[bytes], deadline: float) -> None:
+        self.fd, self.deadline, self.buffer = stream.fileno(), deadline, b""
+
+    def next(self) -> str:
+        while b"\n" not in self.buffer:
+            remaining = self.deadline - time.monotonic()
+            readable, _, _ = select.select([self.fd], [], [], max(remaining, 0))
+            if not readable:
+                raise AssertionError(f"no whole line before the deadline: {self.buffer!r}")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return self.buffer.decode()
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode() + "\n"
+
+
+@pytest.mark.lab
+@pytest.mark.netadmin
+@requires_lab
+def test_backgrounded_lab_up_with_a_name_stops_on_sigint() -> None:
+    name = f"t{secrets.token_hex(3)}"
+    client, server = f"dtfo-{name}-c", f"dtfo-{name}-s"
+    argv = ["bash", "-c", _BACKGROUND, "bash", sys.executable, "-c", _CLI]
+    argv += ["lab", "up", "--rtt", "10ms", "--name", name]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE) as shell:
+        assert shell.stdout is not None
+        output = _Lines(shell.stdout, time.monotonic() + 30)
+        pid = int(output.next().split()[1])
+        try:
+            lines = []
+            while not (line := output.next()).startswith("up;"):
+                assert line, lines
+                lines.append(line)
+            out = "".join(lines)
+            assert f"ip netns exec {server} dnstfo serve" in out
+            assert f"ip netns exec {client} dnstfo query" in out
+            assert {client, server} <= set(lab_namespaces())
+            # A second lab with the same name is refused, and leaves the first alone.
+            again = CliRunner().invoke(main, ["lab", "up", "--name", name])
+            assert again.exit_code == 1
+            assert "exists already" in again.output
+            assert {client, server} <= set(lab_namespaces())
+
+            os.kill(pid, signal.SIGINT)
+            assert shell.wait(timeout=20) == 130
+            assert not {client, server} & set(lab_namespaces())
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            shell.kill()
+            for ns in (client, server):
+                remove_namespace(ns)
