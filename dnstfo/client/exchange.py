@@ -121,8 +121,11 @@ class Exchange:
         self.connected = now
         self._rearm(now)
 
-    def on_data(self, chunk: bytes, now: int) -> bytes | None:
-        """Feeds bytes read at ``now``; returns the whole response once it is there.
+    def on_data(self, chunk: bytes, now: int) -> list[bytes]:
+        """Feeds bytes read at ``now``; returns the whole messages they completed.
+
+        The first whole message is the response (``done`` is set then); a zone transfer
+        goes on with more (RFC 5936 §2.2), read through the same decoder.
 
         Raises:
             RemoteProtocolError: end of stream before a whole message, or bad framing.
@@ -134,10 +137,13 @@ class Exchange:
             self._decoder.feed_eof()
             raise RemoteProtocolError("the server closed the connection without answering")
         messages = self._decoder.feed(chunk)
-        if not messages:
-            return None
-        self.done = now
-        return messages[0]
+        if messages and self.done is None:
+            self.done = now
+        return messages
+
+    def extend(self, now: int) -> None:
+        """Gives a further message (a transfer's next) a fresh ``timeout`` from ``now``."""
+        self.deadline_ns = now + int(self.timeout * 1e9)
 
     def check(self, message: bytes) -> dns.message.Message:
         """Parses the response and checks it answers the query.

@@ -201,11 +201,11 @@ class Multiplexer:
             except OSError as exc:
                 raise NetworkError.from_oserror("reading the response", exc) from exc
             first = ex.first_byte is None
-            message = ex.on_data(chunk, self._clock.now_ns())
+            messages = ex.on_data(chunk, self._clock.now_ns())
             if first:
                 self._requeue(flight)
-            if message is not None:
-                self._finish(flight, ex.check(message), len(message), None)
+            if messages:
+                self._finish(flight, ex.check(messages[0]), len(messages[0]), None)
                 return
 
     def _requeue(self, flight: _Flight) -> None:

@@ -1,56 +1,50 @@
-"""The exchange: one DNS query over one fresh TCP connection, with TFO when asked.
+"""The blocking driver: one DNS query over one fresh TCP connection, with TFO when asked.
 
 Theory of operation (RFC 7766 §8, RFC 7413 §3, Linux ``tcp_sendmsg_fastopen``):
 
-1. Before: read the cookie cached for the server (tcp_metrics), the tcp_fastopen sysctl
-   and the TcpExt counters. None of this is timed.
-2. Open: a non-blocking socket. Length + query are one buffer, written once. With
-   ``sendto(MSG_FASTOPEN)`` the kernel puts it in the SYN when it holds a cookie and
-   returns its length; without a cookie it sends a SYN with a cookie request and fails
-   with EINPROGRESS having sent nothing, so the query follows the handshake. With
-   ``TCP_FASTOPEN_CONNECT`` ``connect()`` returns at once when a cookie is cached and the
-   first ``send`` plays the same part. When the client bit of the sysctl is off the
-   kernel says EOPNOTSUPP: we fall back to a plain connect and keep the reason.
+1. Before: read the cookie cached for (source, server) (one tcp_metrics GET), the
+   tcp_fastopen sysctl and the TcpExt counters. None of this is timed.
+2. Open (``client.exchange.open_connection``): a non-blocking socket. Length + query are
+   one buffer, written once. With ``sendto(MSG_FASTOPEN)`` the kernel puts it in the SYN
+   when it holds a cookie and returns its length; without a cookie it sends a SYN with a
+   cookie request and fails with EINPROGRESS having sent nothing, so the query follows
+   the handshake. With ``TCP_FASTOPEN_CONNECT`` ``connect()`` returns at once when a
+   cookie is cached and the first ``send`` plays the same part. When the client bit of
+   the sysctl is off the kernel says EOPNOTSUPP: we fall back to a plain connect and
+   keep the reason.
 3. Wait until established (POLLOUT), send what the SYN did not carry, then read with the
-   wire ``FrameDecoder`` until one whole message; check its ID and question. An AXFR goes
+   exchange's decoder until one whole message; check its ID and question. An AXFR goes
    on reading until the SOA that closes the zone (RFC 5936 §2.2), each message within a
    fresh ``timeout``; the TFO report is about the first message.
-4. After: TCP_INFO (SYN_DATA acked, ``fastopen_client_fail``, RTTs, retransmits) and the
-   cookie now cached.
+4. After (``client.observe``): TCP_INFO (SYN_DATA acked, ``fastopen_client_fail``, RTTs,
+   retransmits) and the cookie now cached for the connection's own address pair.
 
-Deadlines are absolute on the injected monotonic clock; a phase that runs out raises
-``PhaseTimeout`` naming it (``connect``, ``first byte``, ``response``, ``transfer``).
+The exchange's state (``client.exchange.Exchange``) is shared with the multiplexed driver
+(``client.multiplex``); this module only waits with poll. Deadlines are absolute on the
+injected monotonic clock; a phase that runs out raises ``PhaseTimeout`` naming it
+(``connect``, ``first byte``, ``response``, ``transfer``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import select
 import socket
 import time
 from typing import TYPE_CHECKING
 
-from dnstfo.client.config import QueryConfig, TfoMethod
+from dnstfo.client.config import QueryConfig
+from dnstfo.client.exchange import Exchange, Opening, open_connection, pending_error
 from dnstfo.client.message import build_query, is_transfer, parse_response, transfer_soas
-from dnstfo.client.report import CookieChange, Fallback, TfoAfter, TfoBefore, Timings
+from dnstfo.client.observe import CookieReader, route_source, syn_retransmits
+from dnstfo.client.report import CookieChange, TfoAfter, TfoBefore, Timings
 from dnstfo.client.result import QueryResult, TfoReport, Transfer
 from dnstfo.client.verdict import judge
-from dnstfo.errors import (
-    DnstfoError,
-    FastOpenDisabled,
-    KernelFeatureError,
-    NetworkError,
-    PhaseTimeout,
-    RemoteProtocolError,
-)
-from dnstfo.kernel import sysctl, tcp_metrics
-from dnstfo.kernel.sockets import client_socket, family_of, send_in_syn
-from dnstfo.kernel.tcpinfo import FastOpenClientFail, TcpInfo, tcp_info
-from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
-from dnstfo.wire.framing import FrameDecoder, frame
+from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
+from dnstfo.kernel import sysctl
+from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
+from dnstfo.timing import Clock, MonotonicClock
 
 if TYPE_CHECKING:
     import dns.message
@@ -83,38 +77,34 @@ def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
     wire = query.to_wire()
     first_started = clock.now_ns()
     last: PhaseTimeout | None = None
-    for attempt in range(1, max(config.tries, 1) + 1):
-        try:
-            return _one_try(config, query, wire, clock, attempt, first_started)
-        except PhaseTimeout as exc:
-            log.info("try %d of %d: %s", attempt, config.tries, exc)
-            last = exc
+    cookies = CookieReader()
+    try:
+        for attempt in range(1, max(config.tries, 1) + 1):
+            try:
+                return _one_try(config, query, wire, clock, attempt, first_started, cookies)
+            except PhaseTimeout as exc:
+                log.info("try %d of %d: %s", attempt, config.tries, exc)
+                last = exc
+    finally:
+        cookies.close()
     assert last is not None
     raise last
 
 
-def _read_before(server: str, source: str | None) -> TfoBefore:
-    """Reads the host's TFO state for ``server`` (cookie, sysctl, blackhole)."""
+def _read_before(config: QueryConfig, cookies: CookieReader) -> TfoBefore:
+    """Reads the host's TFO state for the server (cookie, sysctl, blackhole)."""
     try:
         mode: sysctl.TfoMode | None = sysctl.fastopen_mode()
     except (DnstfoError, ValueError):
         mode = None
+    source = config.source or route_source(config.server, config.port)
     return TfoBefore(
-        cookie=_cached_cookie(server, source),
+        cookie=cookies.cookie(config.server, source),
         client_enabled=mode is not None and sysctl.client_enabled(mode),
         sysctl=None if mode is None else int(mode),
         blackhole_timeout_s=sysctl.blackhole_timeout(),
         blackhole_count=_blackhole_count(),
     )
-
-
-def _cached_cookie(server: str, source: str | None) -> bytes | None:
-    """The cookie tcp_metrics holds for ``server`` (None also when it cannot be read)."""
-    try:
-        return tcp_metrics.cookie_for(server, source)
-    except (DnstfoError, OSError) as exc:
-        log.debug("cannot read tcp_metrics: %s", exc)
-        return None
 
 
 def _blackhole_count() -> int:
@@ -125,80 +115,25 @@ def _blackhole_count() -> int:
 
 
 class _Connection:
-    """One non-blocking TCP connection driven with poll against an absolute deadline."""
+    """One non-blocking socket, waited on with poll against the exchange's deadline."""
 
-    def __init__(self, sock: socket.socket, clock: Clock, deadline_ns: int, seconds: float):
+    def __init__(self, sock: socket.socket, clock: Clock, ex: Exchange) -> None:
         self.sock = sock
         self.clock = clock
-        self.deadline_ns = deadline_ns
-        self.seconds = seconds
+        self.ex = ex
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
 
-    def wait(self, events: int, phase: str) -> int:
-        """Waits until ``events`` (or an error) on the socket; raises at the deadline."""
+    def wait(self, events: int, phase: str | None = None) -> int:
+        """Waits until ``events`` (or an error); raises at the deadline, naming the phase."""
         self.poller.modify(self.sock, events)
         while True:
-            left_ms = (self.deadline_ns - self.clock.now_ns()) / 1e6
+            left_ms = (self.ex.deadline_ns - self.clock.now_ns()) / 1e6
             if left_ms <= 0:
-                raise PhaseTimeout(phase, self.seconds)
+                raise PhaseTimeout(phase or self.ex.phase, self.ex.timeout)
             ready = self.poller.poll(max(1, int(left_ms + 0.999)))
             if ready:
                 return ready[0][1]
-
-    def check_error(self, doing: str) -> None:
-        """Raises the socket's pending error (SO_ERROR), if any, as a NetworkError."""
-        err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            raise NetworkError.from_oserror(doing, OSError(err, os.strerror(err)))
-
-
-def _open(
-    config: QueryConfig, sock: socket.socket, data: bytes, addr: tuple[str, int]
-) -> tuple[int, Fallback, str | None]:
-    """Starts the connection; returns (bytes sent in the SYN, fallback, its reason)."""
-    fallback, reason = Fallback.NONE, None
-    if config.tfo is TfoMethod.SENDTO:
-        try:
-            return send_in_syn(sock, data, addr), fallback, reason
-        except BlockingIOError:
-            return 0, fallback, reason  # no cookie: the SYN asks for one
-        except FastOpenDisabled as exc:
-            fallback, reason = Fallback.CLIENT_OFF, str(exc)
-    code = sock.connect_ex(addr)
-    if code == 0 and config.tfo is TfoMethod.CONNECT:  # deferred: the first write sends the SYN
-        try:
-            return sock.send(data), fallback, reason
-        except BlockingIOError:
-            return 0, fallback, reason
-        except OSError as exc:
-            raise NetworkError.from_oserror(_connecting(addr), exc) from exc
-    if code not in (0, errno.EINPROGRESS):
-        raise NetworkError.from_oserror(_connecting(addr), OSError(code, os.strerror(code)))
-    return 0, fallback, reason
-
-
-def _connecting(addr: tuple[str, int]) -> str:
-    return f"connecting to {addr[0]} port {addr[1]}"
-
-
-def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | None]:
-    family = family_of(config.server)
-    source = None if config.source is None else (config.source, 0)
-    if config.tfo is TfoMethod.CONNECT:
-        try:
-            sock = client_socket(
-                family, fastopen_connect=True, no_cookie=config.no_cookie, source=source
-            )
-            return sock, Fallback.NONE, None
-        except FastOpenDisabled as exc:
-            fallback, reason = Fallback.CLIENT_OFF, str(exc)
-        except KernelFeatureError as exc:
-            fallback, reason = Fallback.FEATURE_MISSING, str(exc)
-        sock = client_socket(family, source=source)
-        return sock, fallback, reason
-    no_cookie = config.no_cookie and config.tfo_requested
-    return client_socket(family, no_cookie=no_cookie, source=source), Fallback.NONE, None
 
 
 def _one_try(
@@ -208,42 +143,42 @@ def _one_try(
     clock: Clock,
     attempt: int,
     first_started: int,
+    cookies: CookieReader,
 ) -> QueryResult:
-    data = frame(wire)
     addr = (config.server, config.port)
-    before = _read_before(config.server, config.source)
+    before = _read_before(config, cookies)
     wall = time.time()
-    started = clock.now_ns()
-    deadline = started + int(config.timeout * 1e9)
-    sock, fallback, reason = _make_socket(config)
+    ex = Exchange(query, wire, config.timeout, clock.now_ns())
+    log.debug("connect.started %s port %d tfo=%s", *addr, config.tfo.value)
+    opening = open_connection(config, ex.data)
+    sock = opening.sock
     with contextlib.closing(sock):
-        sock.setblocking(False)
-        conn = _Connection(sock, clock, deadline, config.timeout)
-        log.debug("connect.started %s port %d tfo=%s", *addr, config.tfo.value)
-        in_syn, open_fallback, open_reason = _open(config, sock, data, addr)
-        if open_fallback is not Fallback.NONE:
-            fallback, reason = open_fallback, open_reason
-        conn.wait(select.POLLOUT, "connect")
-        conn.check_error(_connecting(addr))
-        connected = clock.now_ns()
+        conn = _Connection(sock, clock, ex)
+        ex.on_sent(opening.in_syn)
+        conn.wait(select.POLLOUT)
+        error = pending_error(sock, addr)
+        if error is not None:
+            raise error
+        ex.on_connected(clock.now_ns())
         at_connect = tcp_info(sock)
-        log.debug("connect.complete, %d bytes went in the SYN", in_syn)
-        _send_rest(conn, data, in_syn)
-        decoder = FrameDecoder()
-        messages, first_byte = _read_messages(conn, decoder)
-        done = clock.now_ns()
+        log.debug("connect.complete, %d bytes went in the SYN", opening.in_syn)
+        _send_rest(conn)
+        messages = _read_messages(conn)
         info = tcp_info(sock)
         local = sock.getsockname()[:2]
-        message = messages[0]
-        response = parse_response(query, message)
+        response = ex.check(messages[0])
         transfer = None
         if is_transfer(query):
-            transfer = _read_transfer(conn, decoder, query, response, messages)
+            transfer = _read_transfer(conn, query, response, messages)
         ended = clock.now_ns()
-    after = _read_after(config.server, before, at_connect, info, local[0], in_syn, fallback, reason)
-    times = PhaseTimes(started, connected, first_byte, done)
+    after = _read_after(config, cookies, before, at_connect, info, local[0], opening)
+    times = ex.times()
     timings = Timings.measure(
-        times.ms(connected), times.ms(first_byte), times.ms(done), info.rtt_us, info.min_rtt_us
+        times.ms(times.connected),
+        times.ms(times.first_byte),
+        times.ms(times.done),
+        info.rtt_us,
+        info.min_rtt_us,
     )
     verdict = judge(config.tfo_requested, config.no_cookie, before, after, timings)
     log.debug("exchange.complete: %s", verdict.text)
@@ -261,7 +196,7 @@ def _one_try(
         query=query,
         response=response,
         query_size=len(wire),
-        response_size=len(message),
+        response_size=len(messages[0]),
         server=addr,
         source=(local[0], local[1]),
         times=times,
@@ -274,46 +209,37 @@ def _one_try(
     )
 
 
-def _send_rest(conn: _Connection, data: bytes, sent: int) -> None:
-    view = memoryview(data)
-    while sent < len(data):
+def _send_rest(conn: _Connection) -> None:
+    ex = conn.ex
+    while ex.unsent:
         try:
-            sent += conn.sock.send(view[sent:])
+            ex.on_sent(conn.sock.send(ex.unsent))
         except BlockingIOError:
             conn.wait(select.POLLOUT, "connect")
         except OSError as exc:
             raise NetworkError.from_oserror("sending the query", exc) from exc
 
 
-def _read_messages(
-    conn: _Connection, decoder: FrameDecoder, phase: str | None = None
-) -> tuple[list[bytes], int]:
-    """Reads until at least one whole DNS message; returns those and when the first byte came.
+def _read_messages(conn: _Connection, phase: str | None = None) -> list[bytes]:
+    """Reads until at least one whole DNS message; returns those.
 
-    ``phase`` names a timeout; by default ``first byte``, then ``response``.
+    ``phase`` names a timeout; by default the exchange's (``first byte``, ``response``).
     """
-    first_byte: int | None = None
     while True:
-        conn.wait(select.POLLIN, phase or ("first byte" if first_byte is None else "response"))
+        conn.wait(select.POLLIN, phase)
         try:
             chunk = conn.sock.recv(_RECV_SIZE)
         except BlockingIOError:
             continue
         except OSError as exc:
             raise NetworkError.from_oserror("reading the response", exc) from exc
-        if first_byte is None:
-            first_byte = conn.clock.now_ns()
-        if not chunk:
-            decoder.feed_eof()
-            raise RemoteProtocolError("the server closed the connection without answering")
-        messages = decoder.feed(chunk)
+        messages = conn.ex.on_data(chunk, conn.clock.now_ns())
         if messages:
-            return messages, first_byte
+            return messages
 
 
 def _read_transfer(
     conn: _Connection,
-    decoder: FrameDecoder,
     query: dns.message.Message,
     first: dns.message.Message,
     wires: list[bytes],
@@ -333,9 +259,9 @@ def _read_transfer(
     messages, size, pending = [first], len(wires[0]), wires[1:]
     while soas < 2:
         if not pending:
-            conn.deadline_ns = conn.clock.now_ns() + int(conn.seconds * 1e9)
+            conn.ex.extend(conn.clock.now_ns())
             try:
-                pending, _ = _read_messages(conn, decoder, "transfer")
+                pending = _read_messages(conn, "transfer")
             except RemoteProtocolError as exc:
                 records = sum(len(r) for m in messages for r in m.answer)
                 raise RemoteProtocolError(
@@ -350,41 +276,25 @@ def _read_transfer(
     return Transfer(messages=tuple(messages), size=size)
 
 
-def _syn_retransmits(at_connect: TcpInfo, attempted: bool) -> int:
-    """SYN retransmissions, from TCP_INFO read when the connection was established.
-
-    ``total_retrans`` then counts the SYN's retransmissions, plus one when SYN data was
-    not acked: the kernel resends that data as soon as the SYN-ACK arrives
-    (``tcp_rcv_fastopen_synack``), and the same function records in
-    ``fastopen_client_fail`` which of the two happened.
-    """
-    total = at_connect.total_retrans
-    if not attempted or at_connect.syn_data:
-        return total
-    if at_connect.fastopen_client_fail is FastOpenClientFail.DATA_NOT_ACKED:
-        return 0
-    return max(total - 1, 1)
-
-
 def _read_after(
-    server: str,
+    config: QueryConfig,
+    cookies: CookieReader,
     before: TfoBefore,
     at_connect: TcpInfo,
     info: TcpInfo,
     local: str,
-    in_syn: int,
-    fallback: Fallback,
-    reason: str | None,
+    opening: Opening,
 ) -> TfoAfter:
-    cookie = _cached_cookie(server, local)
+    in_syn = opening.in_syn
+    cookie = cookies.cookie(config.server, local)
     return TfoAfter(
         attempted=in_syn > 0,
         syn_data_acked=info.syn_data,
         client_fail=info.fastopen_client_fail,
-        syn_retransmits=_syn_retransmits(at_connect, in_syn > 0),
+        syn_retransmits=syn_retransmits(at_connect, in_syn > 0),
         cookie=cookie,
         cookie_change=CookieChange.between(before.cookie, cookie),
-        fallback=fallback,
-        fallback_reason=reason,
+        fallback=opening.fallback,
+        fallback_reason=opening.fallback_reason,
         blackhole_delta=max(_blackhole_count() - before.blackhole_count, 0),
     )
