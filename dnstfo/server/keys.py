@@ -41,28 +41,63 @@ def write_key_file(path: Path, key: TfoKey) -> None:
         raise UsageError(f"cannot write key file {path}: {exc.strerror or exc}") from exc
 
 
+MAX_KEY_FILE = 4096
+"""Bytes read from a key file at most (a key with its backup takes 71)."""
+
+
 def read_key_file(path: Path) -> TfoKey:
     """Reads a key file, refusing one that group or others can read.
 
+    Only a regular file is read: a FIFO or a device would block start-up or a reload
+    (the file is opened non-blocking, so even opening a FIFO does not wait for a writer).
+
     Raises:
-        UsageError: missing, unreadable, too open, or not a key.
+        UsageError: missing, unreadable, not a regular file, too open, or not a key.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as exc:
         raise UsageError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
-    with os.fdopen(fd) as f:
-        mode = os.fstat(f.fileno()).st_mode
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UsageError(f"key file {path} is not a regular file ({_file_kind(mode)})")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise UsageError(
                 f"key file {path} is accessible by group or others "
                 f"(mode {stat.S_IMODE(mode):04o}); run: chmod 600 {path}"
             )
-        text = f.read()
+        try:
+            data = os.read(fd, MAX_KEY_FILE + 1)
+        except OSError as exc:
+            raise UsageError(f"cannot read key file {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+    want = "one line xxxxxxxx-xxxxxxxx-xxxxxxxx-xxxxxxxx (dnstfo keygen makes one)"
+    if len(data) > MAX_KEY_FILE:
+        raise UsageError(
+            f"key file {path} is not a TFO key: over {MAX_KEY_FILE} bytes; want {want}"
+        )
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise UsageError(f"key file {path} is not a TFO key: binary data; want {want}") from None
     try:
         return TfoKey.parse(text)
     except UsageError as exc:
         raise UsageError(f"key file {path}: {exc}") from exc
+
+
+def _file_kind(mode: int) -> str:
+    """A file type in words."""
+    kinds = (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def rotated(current: TfoKey, new: TfoKey) -> TfoKey:
