@@ -12,13 +12,16 @@ Theory of operation (RFC 1034 §4.3.2, the algorithm, step by step):
    - a missing name ends the walk at the closest encloser; the wildcard ``*.<encloser>``, if
      present, is the source of synthesis (RFC 4592 §3.3.1), otherwise NXDOMAIN. Names that
      exist, empty non-terminals included, are never wildcard-matched (RFC 4592 §2.2.2).
-3. At the name found (step 3a): the RRset of QTYPE; else a CNAME, which is added and followed,
-   also into our other zones, until it leaves our zones, loops or reaches
-   ``MAX_CNAME_CHAIN`` (RFC 1034 §3.6.2); else NODATA.
+3. At the name found (step 3a): the RRset of QTYPE; else a CNAME, which is added and followed
+   inside this zone, until it leaves the zone, loops or reaches ``MAX_CNAME_CHAIN``
+   (RFC 1034 §3.6.2); else NODATA. A target in another zone, even one we serve, is left to
+   the resolver, as Knot DNS, BIND and NSD do: the answer then ends with the CNAME (NOERROR,
+   no SOA), and one zone's data never vouches for another's.
 4. Negative answers (NXDOMAIN, NODATA) carry the zone SOA in authority with TTL
    min(SOA TTL, SOA MINIMUM) (RFC 2308 §3); the RCODE is that of the last name of a CNAME
    chain (RFC 6604 §2.1).
-5. Additional section: A/AAAA of NS, MX and SRV targets we hold authoritatively (step 6).
+5. Additional section: A/AAAA of NS, MX and SRV targets in the answering zone, not below
+   a cut (step 6); targets in other zones, even ours, are not added (as Knot and BIND).
 6. QTYPE ANY gets one RRset of the name, the one with the lowest type code (RFC 8482 §4.2).
 
 The response is built with ``dns.message.make_response``, so the question is echoed exactly
@@ -257,7 +260,7 @@ class Authority:
         qname: dns.name.Name,
         qtype: int,
     ) -> None:
-        """Steps 2-5: fills the response sections, following CNAMEs across our zones."""
+        """Steps 2-5: fills the response sections, following CNAMEs inside ``zone``."""
         name = qname
         seen = {qname}
         for _ in range(MAX_CNAME_CHAIN):
@@ -265,7 +268,7 @@ class Authority:
             if found.outcome is Outcome.ANSWER:
                 assert found.rrset is not None
                 response.answer.append(found.rrset)
-                self._add_addresses(response, _targets(found.rrset))
+                self._add_addresses(response, zone, _targets(found.rrset))
                 return
             if found.outcome is Outcome.REFERRAL:
                 assert found.rrset is not None
@@ -282,11 +285,10 @@ class Authority:
             assert found.rrset is not None
             response.answer.append(found.rrset)
             target = found.rrset[0].target
-            next_zone = self.find_zone(target)
-            if target in seen or next_zone is None:
-                return  # a loop, or the chain leaves our zones: the resolver continues
+            if target in seen or not target.is_subdomain(zone.origin):
+                return  # a loop, or the chain leaves the zone: the resolver continues
             seen.add(target)
-            zone, name = next_zone, target
+            name = target
         log.info("CNAME chain from %s longer than %d", qname, MAX_CNAME_CHAIN)
 
     def _add_glue(
@@ -298,12 +300,14 @@ class Authority:
                 self._add_address_rrsets(response, zone.rrsets.get(target))
 
     def _add_addresses(
-        self, response: dns.message.Message, targets: Iterable[dns.name.Name]
+        self, response: dns.message.Message, zone: LoadedZone, targets: Iterable[dns.name.Name]
     ) -> None:
-        """Adds A/AAAA of targets we are authoritative for (not below a cut) to additional."""
+        """Adds A/AAAA of targets in ``zone``, not below a cut, to additional."""
         for target in targets:
-            zone = self.find_zone(target)
-            if zone is None or lookup(zone, target, dns.rdatatype.A).outcome is Outcome.REFERRAL:
+            if (
+                not target.is_subdomain(zone.origin)
+                or lookup(zone, target, dns.rdatatype.A).outcome is Outcome.REFERRAL
+            ):
                 continue
             self._add_address_rrsets(response, zone.rrsets.get(target))
 
