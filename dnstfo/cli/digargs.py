@@ -4,6 +4,11 @@ A pure parser (no click, no I/O) of every argument of ``dnstfo query``, so that 
 is tested without a network and the command can run without importing click (start-up
 time: people run it by hand and in loops). Each ``+option`` has a ``--option`` twin
 (``+timeout=2`` is ``--timeout 2`` or ``--timeout=2``); the last one given wins, as in dig.
+
+dig's habits kept: a word that names a type is the type (``ANY`` too, though it is also a
+class) until one is given, and a class after that; ``-t``, ``-c``, ``-q`` and ``-x`` say
+it explicitly; the first ``@SERVER`` counts (dig and kdig ignore later ones); ``+tcp`` and
+``+vc`` are accepted, since every query here is over TCP.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any
 from dnstfo.errors import UsageError
 
 _CLASSES = frozenset({"IN", "CH", "CHAOS", "HS", "HESIOD", "ANY", "NONE"})
+_MAX_PORT = 65535
 
 # +option -> field of DigArgs, for the boolean ones; "no" prefixes turn them off.
 _FLAGS = {
@@ -28,7 +34,19 @@ _FLAGS = {
 }
 _VALUES = {"timeout": float, "tries": int, "repeat": int, "port": int}
 # Dash options that take a value: the short ones, and the long ones that are not numbers.
-_DASH_VALUES = {"-p": "port", "-b": "source", "--source": "source", "--method": "method"}
+_DASH_VALUES = {
+    "-p": "port",
+    "-b": "source",
+    "--source": "source",
+    "--method": "method",
+    "-t": "rdtype",
+    "-c": "rdclass",
+    "-q": "name",
+    "-x": "reverse",
+    "-f": "batch",
+}
+# dig's transport options: TCP is what every query here uses already.
+_TCP_OPTIONS = frozenset({"tcp", "vc"})
 _METHODS = frozenset({"sendto", "connect"})
 
 
@@ -72,6 +90,10 @@ class DigArgs:
     """``-4`` or ``-6``: 4 or 6 to use only that address family."""
     method: str | None = None
     """``--method sendto|connect``: MSG_FASTOPEN, or TCP_FASTOPEN_CONNECT."""
+    reverse: str | None = None
+    """``-x ADDR``: the address whose reverse name (PTR) is looked up."""
+    batch: str | None = None
+    """``-f FILE``: one query per line (``-`` reads standard input)."""
 
 
 def _is_type(word: str) -> bool:
@@ -82,6 +104,35 @@ def _is_type(word: str) -> bool:
     except Exception:
         return False
     return True
+
+
+def _is_class(word: str) -> bool:
+    import dns.rdataclass
+
+    try:
+        dns.rdataclass.from_text(word)
+    except Exception:
+        return False
+    return True
+
+
+def _reverse_name(address: str) -> str:
+    import dns.exception
+    import dns.reversename
+
+    try:
+        return str(dns.reversename.from_address(address))
+    except (dns.exception.SyntaxError, ValueError):
+        raise UsageError(f"-x needs an IPv4 or IPv6 address, not {address!r}") from None
+
+
+def _ip_literal(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise UsageError(f"-b needs an IPv4 or IPv6 address, not {text!r}") from None
 
 
 def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
@@ -105,7 +156,7 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
         if word.startswith("@"):
             if not word[1:]:
                 raise UsageError("@ needs a server name or address")
-            values["server"] = word[1:]
+            values.setdefault("server", word[1:])  # the first, as dig and kdig
         elif word.startswith("+"):
             _plus(word[1:], values)
         elif word in ("-4", "-6"):
@@ -116,18 +167,23 @@ def parse(words: list[str] | tuple[str, ...]) -> DigArgs:
             _dash(word, rest, values)
         else:
             positional.append(word)
-    # dig's rule: a word that reads as a type (or class) is one, until one is given;
-    # anything else is the name.
+    # dig's rule: a word that reads as a type is one until a type is given (so ANY, both
+    # a type and a class, is the type first), then a class word is the class; anything
+    # else is the name. -t, -c, -q and -x were set above and are not overridden.
     for word in positional:
         upper = word.upper()
-        if "rdtype" not in values and upper not in _CLASSES and _is_type(upper):
+        if "rdtype" not in values and _is_type(upper):
             values["rdtype"] = upper
         elif "rdclass" not in values and upper in _CLASSES:
             values["rdclass"] = upper
         elif "name" not in values:
             values["name"] = word
+        elif "." not in word and "rdtype" not in values:
+            raise UsageError(f"unknown type {word!r}")
         else:
             raise UsageError(f"unexpected argument {word!r}")
+    if "reverse" in values:
+        values.setdefault("rdtype", "PTR")
     return DigArgs(**values)
 
 
@@ -148,15 +204,35 @@ def _dash(word: str, rest: Iterator[str], values: dict[str, Any]) -> None:
         if not raw:
             raise UsageError(f"{name} needs a value")
     if name in _DASH_VALUES:
-        key = _DASH_VALUES[name]
-        if key == "port":
-            _plus(f"port={raw}", values)
-        elif key == "method" and raw not in _METHODS:
-            raise UsageError(f"--method is sendto or connect, not {raw!r}")
-        else:
-            values[key] = raw
+        _dash_value(name, _DASH_VALUES[name], raw, values)
     else:
         _plus(f"{name[2:]}={raw}", values)
+
+
+def _dash_value(name: str, key: str, raw: str, values: dict[str, Any]) -> None:
+    """Checks and stores the value of a dash option that takes one."""
+    if key == "port":
+        _plus(f"port={raw}", values)
+        return
+    if key == "method" and raw not in _METHODS:
+        raise UsageError(f"--method is sendto or connect, not {raw!r}")
+    if key == "rdtype":
+        raw = raw.upper()
+        if not _is_type(raw):
+            raise UsageError(f"unknown type {raw!r}")
+    elif key == "rdclass":
+        raw = raw.upper()
+        if not _is_class(raw):
+            raise UsageError(f"unknown class {raw!r}")
+    elif key == "source":
+        raw = _ip_literal(raw)
+    elif key == "reverse":
+        if "name" in values and "reverse" not in values:
+            raise UsageError("-x and -q both name what to look up; give one")
+        values["name"] = _reverse_name(raw)
+    elif key == "name" and "reverse" in values:
+        raise UsageError("-x and -q both name what to look up; give one")
+    values[key] = raw
 
 
 def _plus(option: str, values: dict[str, Any]) -> None:
@@ -169,6 +245,8 @@ def _plus(option: str, values: dict[str, Any]) -> None:
             value = _VALUES[key](raw)
         except ValueError:
             raise UsageError(f"+{key}={raw}: not a number") from None
+        if key == "port" and not 0 < value <= _MAX_PORT:
+            raise UsageError(f"port {raw} is out of range: give 1 to {_MAX_PORT}")
         if value <= 0:
             raise UsageError(f"+{key} must be positive")
         values[key] = value
@@ -177,6 +255,10 @@ def _plus(option: str, values: dict[str, Any]) -> None:
         raise UsageError(f"+{key} takes no value")
     on = not key.startswith("no")
     base = key if on else key[2:]
+    if base in _TCP_OPTIONS:
+        if not on:
+            raise UsageError(f"+{key}: dnstfo query asks over TCP only")
+        return
     if base not in _FLAGS:
         raise UsageError(f"unknown option +{key}")
     values[_FLAGS[base]] = on

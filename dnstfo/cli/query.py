@@ -1,49 +1,22 @@
-"""``dnstfo query``: dig's shape over TCP, with a report of what TCP Fast Open did."""
+"""``dnstfo query``: dig's shape over TCP, with a report of what TCP Fast Open did.
+
+Every query ends in one exit status: the last failure's (dig's 9 no reply, 10 bad
+reply), else 0 (3 with ``+compare`` when TFO did not work). ``+repeat`` and ``-f`` go on
+after a failed query and count it; with ``+json`` a failed query prints one object
+holding ``error``, so a script reads one object per query sent.
+"""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING
 
 from dnstfo.cli.exits import Exit
 
 if TYPE_CHECKING:
     from dnstfo.cli.digargs import DigArgs
     from dnstfo.client.config import QueryConfig
-
-
-def _fail(message: str, code: Exit) -> NoReturn:
-    from dnstfo.cli.render import err
-
-    err(f";; {message}" if code in (Exit.NO_REPLY, Exit.BAD_REPLY) else f"dnstfo: {message}")
-    sys.exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Turns library errors into one line and dig-like exit statuses."""
-    from dnstfo.errors import (
-        DnstfoError,
-        NetworkError,
-        PermissionNeeded,
-        RemoteProtocolError,
-        UsageError,
-    )
-
-    try:
-        yield
-    except UsageError as exc:
-        _fail(str(exc), Exit.USAGE)
-    except NetworkError as exc:
-        _fail(f"no answer: {exc}", Exit.NO_REPLY)
-    except RemoteProtocolError as exc:
-        _fail(f"bad answer: {exc}", Exit.BAD_REPLY)
-    except PermissionNeeded as exc:
-        _fail(str(exc), Exit.PERMISSION)
-    except DnstfoError as exc:
-        _fail(str(exc), Exit.NO_REPLY)
+    from dnstfo.errors import DnstfoError
 
 
 def default_server(resolv_conf: str = "/etc/resolv.conf") -> str:
@@ -63,7 +36,7 @@ def resolve_server(name: str, port: int, family: int) -> str:
     """The address to use for ``name`` (a literal, or the system resolver's first answer).
 
     Raises:
-        UsageError: the name does not resolve.
+        UsageError: the name does not resolve (in ``family``, when one is asked for).
     """
     import socket
 
@@ -72,7 +45,13 @@ def resolve_server(name: str, port: int, family: int) -> str:
     try:
         infos = socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise UsageError(f"cannot resolve server {name!r}: {exc.strerror}") from exc
+        only: dict[int, str] = {
+            socket.AF_INET: " to an IPv4 address",
+            socket.AF_INET6: " to an IPv6 address",
+        }
+        raise UsageError(
+            f"cannot resolve server {name!r}{only.get(family, '')}: {exc.strerror}"
+        ) from exc
     return str(infos[0][4][0])
 
 
@@ -82,23 +61,29 @@ dig's syntax: dnstfo query example.com MX @192.0.2.53 +short
 
 \b
 Options (each +option also works as --option, e.g. +timeout=2 or --timeout 2):
-  -p PORT          server port (default 53)
-  -b ADDR          source address to bind
+  -p PORT          server port, 1 to 65535 (default 53)
+  -b ADDR          source address to bind (its family picks the server's)
   -4, -6           use only IPv4 or only IPv6
+  -t TYPE, -c CLASS, -q NAME   the query's type, class and name, explicitly
+  -x ADDR          reverse lookup: the PTR of ADDR
+  -f FILE          one query per line (dig's words; - reads standard input)
   +short           only the answer data
-  +json            one JSON object per query (fields in the README)
+  +json            one JSON object per query, an answer or an error (fields in the README)
   +dnssec          set the DO bit
   +norecurse       clear RD
   +timeout=S       seconds per try (default 5)
-  +tries=N         tries in all (default 1)
+  +tries=N         tries in all (default 1); Query time covers them all
   +notfo           plain TCP, no Fast Open
   +nocookie        SYN data without a cookie (TCP_FASTOPEN_NO_COOKIE)
-  +repeat=N        N queries in a row
+  +repeat=N        N queries in a row (failures are counted, not fatal)
   +compare         plain TCP, priming and TFO queries side by side
+  +tcp, +vc        accepted: every query is over TCP
   --method M       sendto (MSG_FASTOPEN, default) or connect (TCP_FASTOPEN_CONNECT)
 
+AXFR prints every record of the transfer, as dig does. With several @SERVER the first counts.
+
 Exit status: 0 answered, 2 bad arguments, 3 TFO did not work (+compare), 4 needs root,
-9 no reply, 10 bad reply.
+9 no reply, 10 bad reply (of the last query that failed).
 """
 
 
@@ -112,19 +97,65 @@ def run(words: list[str] | tuple[str, ...]) -> int:
 
     try:
         d = digargs.parse(words)
+        batch = None if d.batch is None else _batch(d)
     except UsageError as exc:
         return _usage(str(exc))
-    with _errors():
+    if batch is None:
+        return _run_query(d)
+    status: int = Exit.OK
+    for where, line in batch:
         try:
-            config, server_name = _config(d)
+            line_args = _line_args(d, line)
         except UsageError as exc:
-            return _usage(str(exc))
-        if d.compare:
-            _run_compare(config, server_name, d.repeat or 3, bool(d.json))
+            _usage(f"{where}: {exc}")
+            status = Exit.USAGE
+            continue
+        status = _run_query(line_args) or status
+    return status
+
+
+def _batch(d: DigArgs) -> list[tuple[str, str]]:
+    """The batch file's queries as (``FILE:LINE``, words); blank and comment lines skipped.
+
+    Raises:
+        UsageError: the file cannot be read.
+    """
+    from dnstfo.errors import UsageError
+
+    path = d.batch or "-"
+    try:
+        if path == "-":
+            text = sys.stdin.read()
         else:
-            for _ in range(d.repeat or 1):
-                _run_one(config, server_name, bool(d.json), bool(d.short))
-    return Exit.OK
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read -f {path}: {getattr(exc, 'strerror', None) or exc}") from exc
+    lines = [(f"{path}:{n}", line.strip()) for n, line in enumerate(text.splitlines(), start=1)]
+    return [(where, line) for where, line in lines if line and line[0] not in "#;"]
+
+
+def _line_args(base: DigArgs, line: str) -> DigArgs:
+    """One batch line's words over the command line's (the line's own values win).
+
+    Raises:
+        UsageError: the line's words are bad, or it holds ``-f`` itself.
+    """
+    import dataclasses
+    import shlex
+
+    from dnstfo.cli import digargs
+    from dnstfo.errors import UsageError
+
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(f"cannot split {line!r}: {exc}") from exc
+    own = digargs.parse(words)
+    if own.batch is not None:
+        raise UsageError("-f inside a batch file")
+    given = {f.name: getattr(own, f.name) for f in dataclasses.fields(own)}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def _usage(message: str) -> int:
@@ -135,14 +166,17 @@ def _usage(message: str) -> int:
 
 
 def _config(d: DigArgs) -> tuple[QueryConfig, str]:
-    """The query's config from the parsed arguments, with dig's defaults."""
-    import socket
+    """The query's config from the parsed arguments, with dig's defaults.
 
+    Raises:
+        UsageError: the source and the server are of different address families, or the
+            server does not resolve.
+    """
     from dnstfo.client.config import QueryConfig, TfoMethod
 
     port = d.port or 53
     server_name = d.server or default_server()
-    family = {4: socket.AF_INET, 6: socket.AF_INET6}.get(d.family or 0, socket.AF_UNSPEC)
+    family = _family(d, server_name)
     method = TfoMethod(d.method or "sendto")
     config = QueryConfig(
         qname=d.name or ".",
@@ -161,11 +195,72 @@ def _config(d: DigArgs) -> tuple[QueryConfig, str]:
     return config, server_name
 
 
-def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: bool) -> None:
+def _family(d: DigArgs, server_name: str) -> int:
+    """The address family to use: ``-4``/``-6``, else the source's, else either.
+
+    Raises:
+        UsageError: ``-b``, ``-4``/``-6`` and a literal server address disagree.
+    """
+    import ipaddress
+    import socket
+
+    from dnstfo.errors import UsageError
+
+    def version(text: str) -> int | None:
+        try:
+            return ipaddress.ip_address(text).version
+        except ValueError:
+            return None
+
+    source = None if d.source is None else version(d.source)
+    server = version(server_name)
+    if source is not None and d.family is not None and source != d.family:
+        raise UsageError(f"-b {d.source} is IPv{source}, but -{d.family} asks for IPv{d.family}")
+    if source is not None and server is not None and source != server:
+        raise UsageError(
+            f"-b {d.source} (IPv{source}) and @{server_name} (IPv{server}) are of different "
+            "address families: give a source of the server's family"
+        )
+    wanted = d.family or source
+    return {4: socket.AF_INET, 6: socket.AF_INET6}.get(wanted or 0, socket.AF_UNSPEC)
+
+
+def _run_query(d: DigArgs) -> int:
+    """Runs one line's query (``+repeat`` times, or ``+compare``); returns its status."""
+    from dnstfo.cli.render import err
+    from dnstfo.errors import UsageError
+
+    try:
+        config, server_name = _config(d)
+    except UsageError as exc:
+        return _usage(str(exc))
+    if d.compare:
+        return _run_compare(config, server_name, d.repeat or 3, bool(d.json)) or Exit.OK
+    count = d.repeat or 1
+    status: int = Exit.OK
+    failures = 0
+    for _ in range(count):
+        code = _run_one(config, server_name, bool(d.json), bool(d.short))
+        if code:
+            status, failures = code, failures + 1
+    if count > 1 and failures:
+        err(f";; {failures} of {count} queries failed")
+    return status
+
+
+def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: bool) -> int:
+    """One query, printed; returns its exit status."""
+    import time
+
     from dnstfo.cli import render
     from dnstfo.client.query import exchange
+    from dnstfo.errors import DnstfoError
 
-    result = exchange(config)
+    wall = time.time()
+    try:
+        result = exchange(config)
+    except DnstfoError as exc:
+        return _failed(exc, config, server_name, as_json, wall)
     if as_json:
         render.emit_json(render.result_json(result, server_name))
     elif as_short:
@@ -174,16 +269,65 @@ def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: boo
             render.out(text)
     else:
         render.out(render.dig_text(result, server_name))
+    return Exit.OK
 
 
-def _run_compare(config: QueryConfig, server_name: str, count: int, as_json: bool) -> None:
+def _failed(
+    exc: DnstfoError, config: QueryConfig, server_name: str, as_json: bool, wall: float
+) -> int:
+    """Says why a query failed (one line on stderr; one object with +json); its status."""
+    from dnstfo.cli import render
+    from dnstfo.client.result import QueryFailure
+
+    code, line = _status(exc, config)
+    render.err(line)
+    if as_json:
+        failure = QueryFailure.from_error(exc)
+        render.emit_json(render.failure_json(config, server_name, failure, wall))
+    return code
+
+
+def _status(exc: DnstfoError, config: QueryConfig) -> tuple[Exit, str]:
+    """The exit status for a library error and its one line (dig-like)."""
+    from dnstfo.errors import (
+        NetworkError,
+        PermissionNeeded,
+        PhaseTimeout,
+        RemoteProtocolError,
+        UsageError,
+    )
+
+    if isinstance(exc, UsageError):
+        return Exit.USAGE, f"dnstfo: {exc}"
+    if isinstance(exc, NetworkError):
+        tries = (
+            f" ({config.tries} tries)" if isinstance(exc, PhaseTimeout) and config.tries > 1 else ""
+        )
+        return Exit.NO_REPLY, f";; no answer: {exc}{tries}"
+    if isinstance(exc, RemoteProtocolError):
+        return Exit.BAD_REPLY, f";; bad answer: {exc}"
+    if isinstance(exc, PermissionNeeded):
+        return Exit.PERMISSION, f"dnstfo: {exc}"
+    return Exit.NO_REPLY, f";; {exc}"
+
+
+def _run_compare(config: QueryConfig, server_name: str, count: int, as_json: bool) -> int:
+    """``+compare``; the status: a failed query's, else 3 when TFO did not work."""
+    import time
+
     from dnstfo.cli import render
     from dnstfo.client.compare import compare
+    from dnstfo.errors import DnstfoError
 
-    comparison = compare(config, tfo_queries=count)
+    wall = time.time()
+    try:
+        comparison = compare(config, tfo_queries=count)
+    except DnstfoError as exc:  # the baseline: nothing to compare
+        return _failed(exc, config, server_name, as_json, wall)
     if as_json:
         render.emit_json(render.compare_json(comparison, server_name))
     else:
         render.out(render.compare_text(comparison))
-    if not comparison.worked:
-        sys.exit(Exit.TFO_FAILED)
+    if comparison.failed:
+        return _status(comparison.failed[-1].error, config)[0]
+    return Exit.OK if comparison.worked else Exit.TFO_FAILED

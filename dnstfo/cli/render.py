@@ -15,13 +15,17 @@ if TYPE_CHECKING:
     import dns.message
     import dns.rrset
 
-    from dnstfo.client.compare import Comparison
+    from dnstfo.client.compare import CompareStep, Comparison, FailedStep
+    from dnstfo.client.config import QueryConfig
     from dnstfo.client.host import FixPlan, HostState
-    from dnstfo.client.result import QueryResult, TfoReport, Transfer
+    from dnstfo.client.result import QueryFailure, QueryResult, TfoReport, Transfer
     from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
 
 JSON_VERSION = 1
 """Version of the JSON shape; raised only for incompatible changes."""
+
+SHORT_PATH_NOTE = "the path RTT is under 1 ms: rounds measure host overhead here"
+"""Said wherever rounds are shown for a sub-millisecond path (loopback)."""
 
 
 def out(text: str) -> None:
@@ -112,10 +116,16 @@ def dig_text(result: QueryResult, server_name: str) -> str:
 
 
 def _footer(result: QueryResult, server_name: str) -> list[str]:
-    """Query time (every try, the whole transfer), server and date."""
+    """Query time (every try, the whole transfer), server and date.
+
+    One try of one message: its own total, which leaves out the reading of the kernel's
+    TFO state before it (``elapsed_ms`` counts that too).
+    """
     host, port = result.server
+    one = result.tries == 1 and result.transfer is None
+    ms = (result.tfo.timings.total_ms or 0.0) if one else result.elapsed_ms
     lines = [
-        f";; Query time: {result.elapsed_ms:.0f} msec",
+        f";; Query time: {ms:.0f} msec",
         f";; SERVER: {host}#{port}({server_name}) (TCP)",
         f";; WHEN: {time.strftime('%a %b %d %H:%M:%S %Z %Y', time.localtime(result.wall_time))}",
     ]
@@ -175,7 +185,7 @@ def tfo_block(tfo: TfoReport) -> list[str]:
     if a.fallback_reason:
         lines.append(f";;   fallback: {a.fallback.value}: {a.fallback_reason}")
     if t.rtt_ms is not None and t.rtt_ms < 1:
-        lines.append(";;   note: the path RTT is under 1 ms: rounds measure host overhead here")
+        lines.append(f";;   note: {SHORT_PATH_NOTE}")
     return lines
 
 
@@ -336,6 +346,42 @@ def transfer_json(transfer: Transfer) -> dict[str, Any]:
     }
 
 
+def failure_json(
+    config: QueryConfig, server_name: str, failure: QueryFailure, wall_time: float
+) -> dict[str, Any]:
+    """A query that got no answer, as one object: what was asked, where, and ``error``."""
+    return {
+        "version": JSON_VERSION,
+        "dateSeconds": wall_time,
+        "dateString": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time)),
+        "query": {
+            "qname": config.qname,
+            "qtype": config.rdtype,
+            "qclass": config.rdclass,
+            "dnssec": config.dnssec,
+            "recurse": config.recurse,
+        },
+        "server": {
+            "name": server_name,
+            "address": config.server,
+            "port": config.port,
+            "transport": "tcp",
+        },
+        "tries": config.tries,
+        "error": error_json(failure),
+    }
+
+
+def error_json(failure: QueryFailure) -> dict[str, Any]:
+    """The ``error`` member: ``phase``, ``errno``, ``errname``, ``message``."""
+    return {
+        "phase": failure.phase,
+        "errno": failure.errno,
+        "errname": failure.errname,
+        "message": failure.message,
+    }
+
+
 def emit_json(value: Any) -> None:
     """Writes one JSON object on one line."""
     out(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
@@ -344,38 +390,72 @@ def emit_json(value: Any) -> None:
 # ---------------------------------------------------------------- compare
 
 
+def _in_order(comparison: Comparison) -> list[CompareStep | FailedStep]:
+    """Answered and failed queries, in the order they were sent."""
+    failed = {f.index: f for f in comparison.failed}
+    answered = iter(comparison.steps)
+    total = len(comparison.steps) + len(comparison.failed)
+    return [failed[i] if i in failed else next(answered) for i in range(total)]
+
+
 def compare_text(comparison: Comparison) -> str:
-    """The ``+compare`` table: one row per query, then the saving and the verdict."""
+    """The ``+compare`` table: one row per query, then the saving (if any) and the verdict.
+
+    On a sub-millisecond path the rounds are host overhead: they are left out, with the
+    note a single query prints, and no saving is claimed.
+    """
+    from dnstfo.client.compare import FailedStep
+
+    c = comparison
     lines = [f"{'step':<10} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} cookie", "-" * 60]
-    for s in comparison.steps:
+    for s in _in_order(c):
+        if isinstance(s, FailedStep):
+            lines.append(f"{s.step.value:<10} {'-':>6} {'-':>9}  no answer: {s.failure.message}")
+            continue
         t, a = s.result.tfo.timings, s.result.tfo.after
-        rounds = "-" if t.rounds is None else f"{t.rounds:.1f}"
+        rounds = "-" if t.rounds is None or c.short_path else f"{t.rounds:.1f}"
         lines.append(
             f"{s.step.value:<10} {rounds:>6} {t.total_ms or 0:9.1f}  {_yes(a.attempted):<6} "
             f"{_yes(a.syn_data_acked):<5} {a.cookie_change.value}"
         )
     lines.append("-" * 60)
-    if comparison.cookie_note:
-        lines.append(f"note: {comparison.cookie_note}")
-    rounds = ""
-    if comparison.baseline_rounds is not None and comparison.tfo_rounds is not None:
-        rounds = f" ({comparison.baseline_rounds:.1f} -> {comparison.tfo_rounds:.1f} rounds)"
-    lines.append(
-        f"saving: {comparison.saving_ms:.1f} ms per query{rounds}: plain TCP "
-        f"{comparison.baseline_ms:.1f} ms, TFO median {comparison.tfo_ms:.1f} ms"
+    if c.cookie_note:
+        lines.append(f"note: {c.cookie_note}")
+    if c.short_path:
+        lines.append(f"note: {SHORT_PATH_NOTE}")
+    if c.failed:
+        total = len(c.steps) + len(c.failed)
+        lines.append(f"failed: {len(c.failed)} of {total} queries got no answer")
+    times = f"plain TCP {c.baseline_ms:.1f} ms" + (
+        "" if c.tfo_ms is None else f", TFO median {c.tfo_ms:.1f} ms"
     )
-    lines.append(("TFO works: " if comparison.worked else "") + comparison.reason)
+    if c.saving_ms is None:
+        lines.append(f"times: {times}")
+    elif c.short_path:
+        lines.append(f"saving: not measurable on a path under 1 ms: {times}")
+    else:
+        rounds = ""
+        if c.baseline_rounds is not None and c.tfo_rounds is not None:
+            rounds = f" ({c.baseline_rounds:.1f} -> {c.tfo_rounds:.1f} rounds)"
+        lines.append(f"saving: {c.saving_ms:.1f} ms per query{rounds}: {times}")
+    lines.append(("TFO works: " if c.worked else "") + c.reason)
     return "\n".join(lines)
 
 
 def compare_json(comparison: Comparison, server_name: str) -> dict[str, Any]:
-    """The comparison as one JSON object."""
+    """The comparison as one JSON object (a failed query's step holds ``error``)."""
+    from dnstfo.client.compare import FailedStep
+
+    steps: list[dict[str, Any]] = []
+    for s in _in_order(comparison):
+        if isinstance(s, FailedStep):
+            steps.append({"step": s.step.name.lower(), "error": error_json(s.failure)})
+        else:
+            steps.append({"step": s.step.name.lower(), **result_json(s.result, server_name)})
     return {
         "version": JSON_VERSION,
-        "steps": [
-            {"step": s.step.name.lower(), **result_json(s.result, server_name)}
-            for s in comparison.steps
-        ],
+        "steps": steps,
+        "failures": len(comparison.failed),
         "cookie_deleted": comparison.cookie_deleted,
         "cookie_note": comparison.cookie_note,
         "baseline_ms": comparison.baseline_ms,
@@ -383,6 +463,7 @@ def compare_json(comparison: Comparison, server_name: str) -> dict[str, Any]:
         "saving_ms": comparison.saving_ms,
         "baseline_rounds": comparison.baseline_rounds,
         "tfo_rounds": comparison.tfo_rounds,
+        "short_path": comparison.short_path,
         "tfo_worked": comparison.worked,
         "failure": None if comparison.failure is None else comparison.failure.value,
         "reason": comparison.reason,

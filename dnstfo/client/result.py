@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from dnstfo.client.config import QueryConfig
 from dnstfo.client.report import TfoAfter, TfoBefore, Timings
 from dnstfo.client.verdict import Verdict
+from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
 from dnstfo.kernel.tcpinfo import TcpInfo
 from dnstfo.timing import PhaseTimes
 
@@ -82,3 +83,40 @@ class QueryResult:
     """From the first try's start to the last byte read: every try, the whole transfer."""
     transfer: Transfer | None = None
     """The zone transfer, when the query was an AXFR that the server began (None otherwise)."""
+
+
+# What the driver was doing, from the start of a NetworkError's message (client/query.py).
+_PHASES = (("connecting", "connect"), ("sending", "send"), ("reading", "response"))
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailure:
+    """A query that got no usable answer: where it stopped and why."""
+
+    phase: str | None
+    """``connect``, ``send``, ``first byte``, ``response`` or ``transfer`` (None: unknown)."""
+    errno: int | None
+    """The socket error's errno (None for a timeout or a bad reply)."""
+    message: str
+    """The error in one line."""
+
+    @property
+    def errname(self) -> str | None:
+        """The errno's symbolic name (``ECONNREFUSED``), or None."""
+        import errno
+
+        return None if self.errno is None else errno.errorcode.get(self.errno, str(self.errno))
+
+    @classmethod
+    def from_error(cls, exc: DnstfoError) -> QueryFailure:
+        """Describes the error an exchange raised."""
+        if isinstance(exc, PhaseTimeout):
+            return cls(phase=exc.phase, errno=None, message=str(exc))
+        if isinstance(exc, NetworkError):
+            text = str(exc)
+            phase = next((p for start, p in _PHASES if text.startswith(start)), None)
+            return cls(phase=phase, errno=exc.errno, message=text)
+        if isinstance(exc, RemoteProtocolError):
+            transfer = "transfer" in str(exc)
+            return cls(phase="transfer" if transfer else "response", errno=None, message=str(exc))
+        return cls(phase=None, errno=None, message=str(exc))

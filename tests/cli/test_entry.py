@@ -75,7 +75,7 @@ def test_dash_options(words: list[str], expected: dict[str, object]) -> None:
     [
         (["-4", "-6"], "exclude each other"),
         (["-p"], "needs a value"),
-        (["-x"], "unknown option -x"),
+        (["-y"], "unknown option -y"),
         (["--method", "carrier-pigeon"], "sendto or connect"),
         (["--short=yes"], "unknown option"),
     ],

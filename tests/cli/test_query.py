@@ -188,3 +188,154 @@ def test_json_shape_matches_the_documented_shape(loopback_server):
             names |= set(sub) if isinstance(sub, dict) else {key}
     missing = sorted(n for n in names if not re.search(rf"\b{re.escape(n)}\b", doc))
     assert missing == []
+
+
+# ------------------------------------------------------------------ dig's habits
+
+
+@pytest.mark.parametrize(
+    ("words", "rdtype", "rdclass"),
+    [(["ANY"], "ANY", None), (["A", "ANY"], "A", "ANY"), (["IN", "ANY"], "ANY", "IN"),
+     (["ANY", "ANY"], "ANY", "ANY"), (["any", "ch"], "ANY", "CH"), (["NONE"], "NONE", None)],
+)  # fmt: skip
+def test_a_type_and_class_word_is_a_type_until_the_type_is_given(words, rdtype, rdclass):
+    a = digargs.parse(["example.com", *words, "@127.0.0.1"])
+    assert (a.name, a.rdtype, a.rdclass) == ("example.com", rdtype, rdclass)
+
+
+def test_any_is_asked_as_a_type(captured):
+    code, seen, _ = captured("example.com", "ANY", "@127.0.0.1")
+    assert code == 0
+    assert (seen[0][0].rdtype, seen[0][0].rdclass) == ("ANY", "IN")
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "0", "-1"])
+@pytest.mark.parametrize("form", ["-p", "-pN", "+port="])
+def test_a_port_out_of_range_is_a_usage_error(captured, port, form):
+    words = {"-p": ["-p", port], "-pN": [f"-p{port}"], "+port=": [f"+port={port}"]}[form]
+    code, seen, output = captured("example.com", "@127.0.0.1", *words)
+    assert code == 2, output
+    assert seen == []
+    assert "Traceback" not in output
+    assert output.count("\n") == 1
+
+
+def test_the_highest_port_is_accepted(captured):
+    code, seen, _ = captured("example.com", "@127.0.0.1", "-p", "65535")
+    assert (code, seen[0][0].port) == (0, 65535)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-b", "127.0.0.1", "@::1"], ["-b", "::1", "@127.0.0.1"], ["-b", "::1", "-4", "@127.0.0.1"],
+     ["-b", "127.0.0.1", "-6", "@::1"], ["-b", "not-an-address", "@127.0.0.1"]],
+)  # fmt: skip
+def test_source_and_server_of_different_families_are_a_usage_error(captured, args):
+    code, seen, output = captured("example.com", *args)
+    assert code == 2, output
+    assert seen == []
+    assert output.count("\n") == 1
+
+
+def test_mixed_families_never_reach_the_network():
+    # Through the real runner (no capture): exit 2 before any socket is made.
+    result = CliRunner().invoke(main, ["query", "example.com", "-b", "127.0.0.1", "@::1"])
+    assert result.exit_code == 2
+    assert "different address families" in result.stderr
+
+
+def test_the_source_family_picks_the_server_s_address(captured):
+    code, seen, _ = captured("example.com", "-b", "127.0.0.1", "@localhost")
+    assert code == 0
+    assert seen[0][0].server == "127.0.0.1"
+
+
+def test_tcp_and_vc_are_accepted_no_ops(captured):
+    code, seen, _ = captured("example.com", "@127.0.0.1", "+tcp", "+vc", "--tcp")
+    assert code == 0
+    plain = captured("example.com", "@127.0.0.1")[1][-1]
+    assert seen[0] == plain
+
+
+@pytest.mark.parametrize("option", ["+notcp", "+novc"])
+def test_no_tcp_is_refused(captured, option):
+    code, _, output = captured("example.com", "@127.0.0.1", option)
+    assert code == 2
+    assert "TCP only" in output
+
+
+def test_dash_t_c_q(captured):
+    code, seen, _ = captured("-t", "mx", "-c", "ch", "-q", "x.example", "@127.0.0.1")
+    assert code == 0
+    config = seen[0][0]
+    assert (config.qname, config.rdtype, config.rdclass) == ("x.example", "MX", "CH")
+
+
+def test_dash_t_joined_and_type_number(captured):
+    code, seen, _ = captured("x.example", "-tTYPE65", "@127.0.0.1")
+    assert (code, seen[0][0].rdtype) == (0, "TYPE65")
+
+
+@pytest.mark.parametrize(
+    ("address", "name"),
+    [("192.0.2.1", "1.2.0.192.in-addr.arpa."),
+     ("2001:db8::1", "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa.")],
+)  # fmt: skip
+def test_dash_x_asks_the_ptr_of_the_reverse_name(captured, address, name):
+    code, seen, _ = captured("-x", address, "@127.0.0.1")
+    assert code == 0
+    config = seen[0][0]
+    assert (config.qname, config.rdtype, config.rdclass) == (name, "PTR", "IN")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-x", "not-an-address"], ["-x", "192.0.2.1", "-q", "x.example"], ["-t", "FOO", "x.example"],
+     ["x.example", "FOO"], ["-c", "FOO", "x.example"], ["-t"], ["-x", "192.0.2.1", "x.example"]],
+)  # fmt: skip
+def test_bad_explicit_words_exit_2(captured, args):
+    code, seen, output = captured(*args, "@127.0.0.1")
+    assert code == 2, output
+    assert seen == []
+
+
+def test_unknown_type_is_named(captured):
+    for args in (["x.example", "FOO"], ["-t", "foo", "x.example"]):
+        _, _, output = captured(*args, "@127.0.0.1")
+        assert "unknown type 'FOO'" in output
+
+
+def test_several_servers_the_first_counts(captured):
+    code, seen, _ = captured("x.example", "@127.0.0.1", "@192.0.2.99", "@::1")
+    assert code == 0
+    assert (seen[0][0].server, seen[0][1]) == ("127.0.0.1", "127.0.0.1")
+
+
+def test_batch_file_runs_one_query_per_line(captured, tmp_path):
+    batch = tmp_path / "queries"
+    batch.write_text(
+        "# names\nw.example\n\nx.example MX @127.0.0.2\n; dig's comment\n-x 192.0.2.1\n"
+    )
+    code, seen, _ = captured("-f", str(batch), "@127.0.0.1", "-p", "5353", "+short")
+    assert code == 0
+    got = [(c.qname, c.rdtype, c.server, c.port, short) for c, _, _, short in seen]
+    assert got == [
+        ("w.example", "A", "127.0.0.1", 5353, True),
+        ("x.example", "MX", "127.0.0.2", 5353, True),
+        ("1.2.0.192.in-addr.arpa.", "PTR", "127.0.0.1", 5353, True),
+    ]
+
+
+def test_batch_goes_on_after_a_bad_line_and_exits_2(captured, tmp_path):
+    batch = tmp_path / "queries"
+    batch.write_text("w.example\nx.example +bogus\ny.example\n")
+    code, seen, output = captured("-f", str(batch), "@127.0.0.1")
+    assert code == 2
+    assert [c.qname for c, *_ in seen] == ["w.example", "y.example"]
+    assert f"{batch}:2: unknown option +bogus" in output
+
+
+def test_batch_file_missing_is_one_line(captured, tmp_path):
+    code, seen, output = captured("-f", str(tmp_path / "none"), "@127.0.0.1")
+    assert (code, seen) == (2, [])
+    assert output.count("\n") == 1

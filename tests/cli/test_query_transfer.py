@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from dnstfo.cli import main
 from dnstfo.wire.framing import frame
-from tests.client.test_transfer import BIG_HOSTS, serving, xfr_server
+from tests.client.scriptserver import serving
+from tests.client.test_transfer import BIG_HOSTS, xfr_server
 
 __all__ = ["xfr_server"]  # the fixture, shared with the library's tests
 

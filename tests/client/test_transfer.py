@@ -6,11 +6,9 @@ a cut transfer and a silent first try come from small servers written here.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import socket
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.message
@@ -21,7 +19,8 @@ from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
 from dnstfo.errors import PhaseTimeout, RemoteProtocolError
 from dnstfo.server.config import Endpoint, ServerConfig
-from dnstfo.wire.framing import FrameDecoder, frame
+from dnstfo.wire.framing import frame
+from tests.client.scriptserver import serving
 from tests.server.conftest import ServerThread
 
 BIG_HOSTS = 3000
@@ -82,49 +81,6 @@ def test_refused_axfr_is_an_answer_without_a_transfer(xfr_server):
     result = exchange(axfr(xfr_server, "nowhere.example"))
     assert result.transfer is None
     assert result.response.rcode() != 0
-
-
-# ------------------------------------------------------------ small servers written here
-
-
-@contextlib.contextmanager
-def serving(handle: Callable[[int, socket.socket, dns.message.Message], None]) -> Iterator[int]:
-    """Accepts connections on loopback; ``handle(n, conn, query)`` for the n-th (from 0)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.05)
-    stop = threading.Event()
-    held: list[socket.socket] = []
-
-    def run() -> None:
-        n = 0
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            held.append(conn)
-            conn.settimeout(5)
-            decoder = FrameDecoder()
-            messages: list[bytes] = []
-            while not messages:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                messages = decoder.feed(data)
-            if messages:
-                handle(n, conn, dns.message.from_wire(messages[0]))
-            n += 1
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
-        for conn in held:
-            conn.close()
-        listener.close()
 
 
 def _soa(origin: str) -> dns.rrset.RRset:
