@@ -50,17 +50,23 @@ class Endpoint:
     def parse(cls, text: str, default_port: int = DEFAULT_PORT) -> Endpoint:
         """Parses ``ADDR``, ``ADDR:PORT``, ``[V6]`` or ``[V6]:PORT``.
 
+        An IPv6 address always takes brackets: without them ``::1:5353`` is both the
+        address ``::1`` with port 5353 and the address ``::1:5353``, so it is refused with
+        the two ways to write it.
+
         Raises:
-            UsageError: not an address, or a bad port.
+            UsageError: not an address, IPv6 without brackets, or a bad port.
         """
         host, port_text = text, ""
         if text.startswith("["):
             host, sep, rest = text[1:].partition("]")
             if not sep or (rest and not rest.startswith(":")):
-                raise UsageError(f"bad listen address {text!r} (want [ADDR]:PORT)")
+                raise UsageError(f"bad address {text!r} (want [IPV6]:PORT)")
             port_text = rest[1:]
         elif text.count(":") == 1:
             host, port_text = text.split(":")
+        elif ":" in text:
+            raise UsageError(_bracket_hint(text, default_port))
         try:
             ipaddress.ip_address(host)
         except ValueError as exc:
@@ -73,6 +79,19 @@ class Endpoint:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _bracket_hint(text: str, default_port: int) -> str:
+    """The error for an IPv6 address written without brackets, with the ways to write it."""
+    head, _, tail = text.rpartition(":")
+    ways = [f"[{text}] (port {default_port})"]
+    try:
+        if tail.isdigit() and int(tail) <= 65535:
+            ipaddress.IPv6Address(head)
+            ways.insert(0, f"[{head}]:{tail}")
+    except ValueError:
+        pass
+    return f"IPv6 address {text!r} needs brackets: write " + " or ".join(ways)
 
 
 @dataclass(frozen=True, slots=True)

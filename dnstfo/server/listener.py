@@ -7,11 +7,12 @@ handed to asyncio with ``sock=``.
 
 from __future__ import annotations
 
+import errno
 import logging
 import socket
 from dataclasses import dataclass
 
-from dnstfo.errors import KernelFeatureError, NetworkError
+from dnstfo.errors import DnstfoError, KernelFeatureError, NetworkError, PermissionNeeded
 from dnstfo.kernel import sysctl
 from dnstfo.kernel.sockets import TfoKey, family_of, tfo_listener
 from dnstfo.server.config import Endpoint
@@ -67,14 +68,23 @@ def open_listeners(
 
     Raises:
         NetworkError: an address could not be bound; nothing stays open.
+        PermissionNeeded: the port is privileged and this process may not bind it.
         KernelFeatureError: TCP_FASTOPEN (or the key option) is missing.
     """
     pairs: list[ListenerPair] = []
     try:
         for endpoint in endpoints:
-            tcp = tfo_listener(
-                (endpoint.host, endpoint.port), queue_len=tfo_queue, key=key, reuseport=reuseport
-            )
+            try:
+                tcp = tfo_listener(
+                    (endpoint.host, endpoint.port),
+                    queue_len=tfo_queue,
+                    key=key,
+                    reuseport=reuseport,
+                )
+            except NetworkError as exc:
+                if exc.errno == errno.EACCES:
+                    raise _privileged_port(endpoint, exc) from exc
+                raise
             try:
                 bound = Endpoint(endpoint.host, tcp.getsockname()[1])
                 udp = udp_socket(bound, reuseport=reuseport)
@@ -87,6 +97,22 @@ def open_listeners(
             pair.close()
         raise
     return pairs
+
+
+def _privileged_port(endpoint: Endpoint, exc: NetworkError) -> DnstfoError:
+    """The error for EACCES on bind: ports below ``ip_unprivileged_port_start`` need
+    CAP_NET_BIND_SERVICE (root has it)."""
+    try:
+        first = int(sysctl.read_sysctl("net.ipv4.ip_unprivileged_port_start"))
+    except (KernelFeatureError, OSError, ValueError):
+        first = 1024
+    if endpoint.port >= first:
+        return exc
+    return PermissionNeeded(
+        f"{exc}: port {endpoint.port} is privileged (below {first}); run as root or with "
+        f"CAP_NET_BIND_SERVICE (contrib/dnstfo.service grants it), or listen on a port "
+        f"from {first} up"
+    )
 
 
 def warn_if_tfo_off() -> None:

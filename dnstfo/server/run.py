@@ -21,7 +21,7 @@ import os
 import signal
 from collections.abc import Callable
 
-from dnstfo.errors import DnstfoError
+from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.app import DnsServer, load_authority, serve_until_signalled
@@ -46,7 +46,10 @@ def _serve(
     authority = load_authority(config)
     server = DnsServer(config, listeners, authority)
     if report_fd is None and config.metrics is not None:
-        start_metrics_server(server.stats, config.metrics.host, config.metrics.port)
+        try:
+            start_metrics_server(server.stats, config.metrics.host, config.metrics.port)
+        except OSError as exc:
+            raise NetworkError.from_oserror(f"serving metrics on {config.metrics}", exc) from exc
         log.info("metrics on http://%s/metrics", config.metrics)
 
     async def serve() -> None:

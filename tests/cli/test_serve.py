@@ -56,6 +56,20 @@ def test_bad_listen(bad: str) -> None:
         build_config(options(zone="z", listen=(bad,)))
 
 
+@pytest.mark.parametrize(
+    ("given", "ways"),
+    [
+        ("::1:5353", "write [::1]:5353 or [::1:5353] (port 5353)"),
+        ("::1", "write [::1] (port 5353)"),
+        ("2001:db8::53", "write [2001:db8::53] (port 5353)"),
+    ],
+)
+def test_ipv6_without_brackets_says_how_to_write_it(given: str, ways: str) -> None:
+    result = CliRunner().invoke(main, ["serve", "--zone", "z", "--listen", given])
+    assert result.exit_code == 1
+    assert result.output == f"Error: IPv6 address {given!r} needs brackets: {ways}\n"
+
+
 def test_config_file_and_override(tmp_path: Path) -> None:
     conf = tmp_path / "serve.toml"
     conf.write_text(

@@ -61,15 +61,15 @@ class ServeProcess:
 
     Args:
         args: the arguments after ``dnstfo serve``.
-        env: extra environment variables.
-        preexec: run in the child before exec (e.g. to drop privileges).
+        prefix: a command that runs ``dnstfo`` (e.g. setpriv to drop privileges).
+        popen: more arguments for ``subprocess.Popen``.
     """
 
-    def __init__(self, args: Sequence[str], **popen: object) -> None:
+    def __init__(self, args: Sequence[str], prefix: Sequence[str] = (), **popen: object) -> None:
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
-            [DNSTFO, "serve", *args],
+            [*prefix, DNSTFO, "serve", *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
