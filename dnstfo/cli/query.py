@@ -216,6 +216,8 @@ def _family(d: DigArgs, server_name: str) -> int:
     server = version(server_name)
     if source is not None and d.family is not None and source != d.family:
         raise UsageError(f"-b {d.source} is IPv{source}, but -{d.family} asks for IPv{d.family}")
+    if d.family is not None and server is not None and server != d.family:
+        raise UsageError(f"-{d.family} asks for IPv{d.family}, but @{server_name} is IPv{server}")
     if source is not None and server is not None and source != server:
         raise UsageError(
             f"-b {d.source} (IPv{source}) and @{server_name} (IPv{server}) are of different "

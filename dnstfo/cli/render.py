@@ -130,7 +130,7 @@ def _footer(result: QueryResult, server_name: str) -> list[str]:
         f";; WHEN: {time.strftime('%a %b %d %H:%M:%S %Z %Y', time.localtime(result.wall_time))}",
     ]
     if result.tries > 1:
-        lines.append(f";; Tries: {result.tries} (the first {result.tries - 1} timed out)")
+        lines.append(f";; Tries: {result.tries} ({result.tries - 1} timed out)")
     return lines
 
 

@@ -228,7 +228,8 @@ def test_the_highest_port_is_accepted(captured):
 @pytest.mark.parametrize(
     "args",
     [["-b", "127.0.0.1", "@::1"], ["-b", "::1", "@127.0.0.1"], ["-b", "::1", "-4", "@127.0.0.1"],
-     ["-b", "127.0.0.1", "-6", "@::1"], ["-b", "not-an-address", "@127.0.0.1"]],
+     ["-b", "127.0.0.1", "-6", "@::1"], ["-b", "not-an-address", "@127.0.0.1"],
+     ["-4", "@::1"], ["-6", "@127.0.0.1"]],
 )  # fmt: skip
 def test_source_and_server_of_different_families_are_a_usage_error(captured, args):
     code, seen, output = captured("example.com", *args)
