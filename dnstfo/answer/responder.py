@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -48,7 +48,7 @@ import dns.rrset
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.cache import AnswerCache, CachedAnswer, cache_key
 from dnstfo.answer.rcode import parse_failure_rcode, rcode_for
-from dnstfo.answer.transfer import Network, axfr_allowed, axfr_messages
+from dnstfo.answer.transfer import Network, axfr_allowed, iter_axfr_messages
 from dnstfo.wire.framing import MAX_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,9 @@ class Reply(NamedTuple):
     """The question name as asked, when the question could be read."""
     qtype: int | None
     """The question type, when the question could be read."""
-    more: tuple[bytes, ...] = ()
-    """Further messages to send after ``wire`` (the rest of a zone transfer, TCP only)."""
+    more: Iterable[bytes] = ()
+    """Further messages to send after ``wire`` (the rest of a zone transfer, TCP only),
+    each rendered when the iteration reaches it: take them as the socket drains."""
     cached: bool = False
     """The response came from the answer cache."""
     forwardable: bool = False
@@ -272,8 +273,8 @@ class Responder:
             response.set_rcode(dns.rcode.BADVERS)
         elif qtype in (dns.rdatatype.AXFR, dns.rdatatype.IXFR):
             transfer = self._transfer(query, question, transport, client, authority)
-            if isinstance(transfer, list):
-                return Reply(transfer[0], dns.rcode.NOERROR, qname, qtype, tuple(transfer[1:]))
+            if not isinstance(transfer, dns.message.Message):
+                return Reply(next(transfer), dns.rcode.NOERROR, qname, qtype, transfer)
             response = transfer
         else:
             response = authority.answer(query)
@@ -290,7 +291,7 @@ class Responder:
         transport: Transport,
         client: str | None,
         authority: Authority,
-    ) -> dns.message.Message | list[bytes]:
+    ) -> dns.message.Message | Iterator[bytes]:
         """Step 5: the transfer messages, or the single response that replaces them."""
         response = dns.message.make_response(query, pad=0)
         zone = authority.zones.get(question.name)
@@ -305,7 +306,7 @@ class Responder:
         elif zone is None:
             response.set_rcode(dns.rcode.NOTAUTH)  # RFC 5936 §2.2.1: not our zone apex
         else:
-            return axfr_messages(zone, query, our_payload=self.config.udp_payload)
+            return iter_axfr_messages(zone, query, our_payload=self.config.udp_payload)
         return response
 
     def _render(

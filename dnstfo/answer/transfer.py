@@ -7,8 +7,11 @@ is answered with the whole zone in AXFR form, which RFC 1995 §4 allows; over UD
 current SOA only (RFC 1995 §2), so the client knows to come back over TCP.
 
 A transfer is a sequence of messages with the query's ID: the SOA first, every other RRset,
-the SOA again last (RFC 5936 §2.2). Each message stays under ``max_size`` octets; an RRset
-too big for one message is split into single records.
+the SOA again last (RFC 5936 §2.2, which asks for no order in between: the zone's own order
+is used, so nothing is sorted up front). Each message stays under ``max_size`` octets; an
+RRset too big for one message is split into single records. The messages are made one at a
+time as the caller asks (:func:`iter_axfr_messages`), so a server streams a big zone at the
+pace its client reads, never holding more than one message of it.
 """
 
 from __future__ import annotations
@@ -52,11 +55,12 @@ def axfr_allowed(client_ip: str | None, allow: Sequence[Network]) -> bool:
 
 
 def _zone_rrsets(zone: LoadedZone) -> Iterator[dns.rrset.RRset]:
-    """SOA, every other RRset of the zone in name order, SOA again (RFC 5936 §2.2)."""
+    """SOA, every other RRset of the zone in the zone's order, SOA again (RFC 5936 §2.2)."""
     yield zone.soa
-    for name in sorted(zone.rrsets):
-        for rdtype, rrset in sorted(zone.rrsets[name].items()):
-            if not (name == zone.origin and rdtype == zone.soa.rdtype):
+    origin, soa_type = zone.origin, zone.soa.rdtype
+    for name, by_type in zone.rrsets.items():
+        for rdtype, rrset in by_type.items():
+            if not (rdtype == soa_type and name == origin):
                 yield rrset
     yield zone.soa
 
@@ -69,13 +73,13 @@ def _split(rrset: dns.rrset.RRset) -> Iterator[dns.rrset.RRset]:
         yield single
 
 
-def axfr_messages(
+def iter_axfr_messages(
     zone: LoadedZone,
     query: dns.message.Message,
     max_size: int = AXFR_MESSAGE_SIZE,
     our_payload: int = 1232,
-) -> list[bytes]:
-    """Renders the whole zone as the messages of an AXFR response.
+) -> Iterator[bytes]:
+    """The messages of an AXFR response, each rendered when asked for.
 
     The first message echoes the question; later ones carry none (RFC 5936 §2.2.1). Each
     message has AA set and the query's ID and RD bit, and an OPT RR when the query had one.
@@ -87,37 +91,49 @@ def axfr_messages(
         max_size: the largest message, in octets.
         our_payload: the UDP payload size our OPT RR advertises (RFC 6891 §6.2.3).
 
-    Returns:
+    Yields:
         The messages, in order, unframed.
 
     Raises:
-        dns.exception.TooBig: a single record does not fit in ``max_size``.
+        dns.exception.TooBig: a single record does not fit in ``max_size`` (raised by the
+            ``next`` that reaches it).
     """
     flags = dns.flags.QR | dns.flags.AA | (query.flags & dns.flags.RD)
-    messages: list[bytes] = []
-    pending = list(_zone_rrsets(zone))
-    pending.reverse()  # used as a stack
+    rrsets = _zone_rrsets(zone)
+    split: list[dns.rrset.RRset] = []  # records of an RRset too big for one message
     renderer = _start(query, flags, max_size, with_question=True)
     records = 0
-    while pending:
-        rrset = pending.pop()
+    pending = next(rrsets, None)
+    while pending is not None:
+        rrset = pending
         try:
             renderer.add_rrset(dns.renderer.ANSWER, rrset)
             records += 1
+            pending = split.pop() if split else next(rrsets, None)
             continue
         except dns.exception.TooBig:
             pass
         if records == 0 and len(rrset) == 1:
             raise dns.exception.TooBig(f"{rrset.name} {rrset.rdtype!r} exceeds {max_size}")
         if records == 0:
-            pending.extend(reversed(list(_split(rrset))))
+            split = list(_split(rrset))
+            split.reverse()  # used as a stack
+            pending = split.pop()
             continue
-        messages.append(_finish(renderer, query, our_payload))
+        yield _finish(renderer, query, our_payload)
         renderer = _start(query, flags, max_size, with_question=False)
         records = 0
-        pending.append(rrset)
-    messages.append(_finish(renderer, query, our_payload))
-    return messages
+    yield _finish(renderer, query, our_payload)
+
+
+def axfr_messages(
+    zone: LoadedZone,
+    query: dns.message.Message,
+    max_size: int = AXFR_MESSAGE_SIZE,
+    our_payload: int = 1232,
+) -> list[bytes]:
+    """All messages of an AXFR response at once (see :func:`iter_axfr_messages`)."""
+    return list(iter_axfr_messages(zone, query, max_size, our_payload))
 
 
 #: Room kept in every message for the OPT RR (11 octets, no options).
