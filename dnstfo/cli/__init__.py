@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "query": "dnstfo.cli.query:run",
     "cookies": "dnstfo.cli.cookies:cookies",
     "doctor": "dnstfo.cli.doctor:doctor",
+    "probe": "dnstfo.cli.probe:probe",
 }
 
 FAST_COMMANDS = frozenset({"query"})
