@@ -1,0 +1,87 @@
+"""Summaries of probe records: per verdict, per condition, round trips, per vantage point.
+
+Works on the records' JSON form, so it summarises and merges files from several runs and
+vantage points (each record names its ``vantage``) as well as a run in progress.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import statistics
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from dnstfo.errors import UsageError
+
+
+@dataclass(slots=True)
+class Summary:
+    """Counts over many records (add them one at a time; memory grows with counts only)."""
+
+    targets: int = 0
+    """Records seen."""
+    verdicts: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Records per verdict."""
+    conditions: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Records per PATHspider condition."""
+    vantages: collections.Counter[str] = field(default_factory=collections.Counter)
+    """Records per vantage point."""
+    baseline_rounds: list[float] = field(default_factory=list)
+    """Rounds of each answered baseline connection."""
+    tfo_rounds: list[float] = field(default_factory=list)
+    """Rounds of each answered TFO connection."""
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Counts one record (its JSON form)."""
+        self.targets += 1
+        self.verdicts[str(record.get("verdict"))] += 1
+        for c in record.get("conditions") or ():
+            self.conditions[str(c)] += 1
+        vantage = record.get("vantage") or {}
+        self.vantages[str(vantage.get("host") if isinstance(vantage, dict) else vantage)] += 1
+        for conn in record.get("connections") or ():
+            rounds = conn.get("rounds")
+            if rounds is None or conn.get("rcode") is None:
+                continue
+            if conn.get("step") == "baseline":
+                self.baseline_rounds.append(float(rounds))
+            elif conn.get("step") == "tfo":
+                self.tfo_rounds.append(float(rounds))
+
+    @property
+    def median_baseline_rounds(self) -> float | None:
+        """Median round trips without TFO (None: no answered baseline)."""
+        return statistics.median(self.baseline_rounds) if self.baseline_rounds else None
+
+    @property
+    def median_tfo_rounds(self) -> float | None:
+        """Median round trips of TFO connections (None: none answered)."""
+        return statistics.median(self.tfo_rounds) if self.tfo_rounds else None
+
+
+def read_records(stream: TextIO, name: str) -> Iterator[dict[str, Any]]:
+    """The records of an ndjson file, lazily.
+
+    Raises:
+        UsageError: a line is not a JSON object (named ``file:line``).
+    """
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name}:{number}: not a JSON record: {exc.msg}") from exc
+        if not isinstance(record, dict):
+            raise UsageError(f"{name}:{number}: not a JSON object")
+        yield record
+
+
+def summarise(records: Iterable[Mapping[str, Any]]) -> Summary:
+    """Counts every record."""
+    summary = Summary()
+    for record in records:
+        summary.add(record)
+    return summary

@@ -1,0 +1,137 @@
+"""``dnstfo probe`` through click: bad input, records, the summary, and ``probe summary``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from dnstfo.cli.probe import probe
+from dnstfo.lab.netns import Namespace
+
+
+def run(*args: str, stdin: str | None = None) -> Any:
+    return CliRunner().invoke(probe, list(args), input=stdin)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "nothing to probe"),
+        (("224.0.0.1",), "multicast"),
+        (("0.0.0.0",), "unspecified"),
+        (("192.0.2.1", "--shard", "3/2"), "--shard"),
+        (("192.0.2.1", "--attempts", "0"), "--attempts"),
+        (("192.0.2.1", "--concurrency", "0"), "--concurrency"),
+        (("192.0.2.1", "--rate", "0"), "--rate"),
+        (("--targets", "/nonexistent/list"), "cannot read"),
+        (("192.0.2.1", "--pcap", "x.pcap"), "not available yet"),
+        (("192.0.2.1", "--syn-only"), "not available yet"),
+        (("summary",), "at least one FILE"),
+        (("summary", "/nonexistent.ndjson"), "cannot read"),
+    ],
+)
+def test_bad_input_is_one_line_and_status_2(args: tuple[str, ...], message: str) -> None:
+    if "not available yet" in message:
+        import importlib.util
+
+        if importlib.util.find_spec("dnstfo.probe.wire_evidence") is not None:
+            pytest.skip("the wire evidence module is present")
+    r = run(*args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+    assert "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_a_bad_summary_line_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "r.ndjson"
+    f.write_text('{"verdict": "works"}\nnot json\n')
+    r = run("summary", str(f))
+    assert r.exit_code == 2
+    assert f"{f}:2: not a JSON record" in r.output
+
+
+def test_summary_merges_vantage_points(tmp_path: Path) -> None:
+    def rec(v: str, verdict: str, base: float, tfo: float) -> str:
+        conns = [
+            {"step": "baseline", "rounds": base, "rcode": "NOERROR"},
+            {"step": "tfo", "rounds": tfo, "rcode": "NOERROR"},
+        ]
+        return json.dumps(
+            {
+                "verdict": verdict,
+                "conditions": ["tfo.connectivity.works"],
+                "vantage": {"host": v},
+                "connections": conns,
+            }
+        )
+
+    (tmp_path / "a").write_text(
+        rec("a", "works", 2.0, 1.0) + "\n" + rec("a", "no-tfo", 2.0, 2.0) + "\n"
+    )
+    (tmp_path / "b").write_text(rec("b", "works", 2.2, 1.1) + "\n")
+    r = run("summary", str(tmp_path / "a"), str(tmp_path / "b"))
+    assert r.exit_code == 0, r.output
+    assert "targets: 3" in r.output
+    assert "works                       2" in r.output
+    assert "tfo.connectivity.works               3" in r.output
+    assert "without TFO 2.0, with TFO 1.1" in r.output
+    assert "vantage points: a (2), b (1)" in r.output
+
+
+def cli_in_ns(tmp: str, port_file: bool) -> dict[str, Any]:
+    """Runs ``dnstfo probe`` via click inside the namespace against an in-process server."""
+    import tempfile
+
+    from dnstfo.server.config import Endpoint, ServerConfig
+    from tests.server.conftest import ZONE, ServerThread
+
+    with tempfile.TemporaryDirectory() as zones:
+        Path(zones, "test.example.zone").write_text(ZONE)
+        server = ServerThread(ServerConfig(zone_dir=Path(zones), listen=(Endpoint("0.0.0.0", 0),)))
+        try:
+            port = server.address[1]
+            lst = Path(tmp, "targets.txt")
+            lst.write_text(
+                f"127.0.0.2:{port}\n127.0.0.3:{port}\n# c\n127.0.0.4:{port}\nbogus line\n"
+            )
+            many = CliRunner().invoke(
+                probe, ["--targets", str(lst), "-o", str(Path(tmp, "out.ndjson"))]
+            )
+            one = CliRunner().invoke(probe, [f"127.0.0.5:{port}", "--name", "www.test.example."])
+        finally:
+            server.stop()
+    return {
+        "many": (many.exit_code, many.output),
+        "one": (one.exit_code, one.stdout, one.stderr),
+        "records": Path(tmp, "out.ndjson").read_text(),
+    }
+
+
+@pytest.mark.netadmin
+def test_probe_writes_records_and_a_summary(
+    make_ns: Callable[[str], Namespace], tmp_path: Path
+) -> None:
+    ns = make_ns("3")
+    out = ns.run(cli_in_ns, str(tmp_path), True, timeout=60)
+    code, text = out["many"]
+    assert code == 0, text
+    records = [json.loads(x) for x in out["records"].splitlines()]
+    assert sorted(r["dip"] for r in records) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    assert {r["verdict"] for r in records} == {"works"}
+    assert "targets.txt:5" in text
+    assert "skipped" in text
+    assert "works                       3" in text
+    assert "median round trips: without TFO" in text
+    code, stdout, stderr = out["one"]
+    assert code == 0, stderr
+    (record,) = [json.loads(x) for x in stdout.splitlines()]
+    assert record["query"] == {"name": "www.test.example.", "type": "A"}
+    assert "verdict: works:" in stderr
+    assert "priming" in stderr
+    assert "tfo" in stderr
