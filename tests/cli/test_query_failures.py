@@ -98,10 +98,10 @@ def test_tries_time_covers_every_try():
             answer_a(conn, q)
 
     with serving(silent_first) as port:
-        result = query("x.example", "@127.0.0.1", "-p", str(port), "+tries=2", "+timeout=0.4")
+        result = query("x.example", "@127.0.0.1", "-p", str(port), "+tries=2", "+timeout=1")
     assert result.exit_code == 0, result.output
     (ms,) = re.findall(r";; Query time: (\d+) msec", result.stdout)
-    assert int(ms) >= 400
+    assert int(ms) >= 1000
     assert ";; Tries: 2 (1 timed out)" in result.stdout
 
 
