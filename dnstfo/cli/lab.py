@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from dnstfo.errors import DnstfoError, PermissionNeeded
+from dnstfo.errors import DnstfoError, PermissionNeeded, UsageError
 from dnstfo.lab.delay import Fault
+from dnstfo.lab.topology import MAX_ANYCAST, MAX_SERVER_ADDRESSES
 
 if TYPE_CHECKING:
     from dnstfo.client.compare import CompareStep
@@ -108,7 +109,6 @@ def _spec(
 
 
 def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
-    from dnstfo.errors import UsageError
     from dnstfo.lab.netns import fixed_name
 
     if value is not None:
@@ -121,10 +121,29 @@ def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None)
 
 @lab.command()
 @_path_options
-@click.option("--name", callback=_check_name,
-              help="Fixed namespace names dtfo-NAME-c and dtfo-NAME-s, for scripts "
-                   "[random ones].")  # fmt: skip
-def up(name: str | None, **path: Any) -> None:
+@click.option(
+    "--name",
+    callback=_check_name,
+    help="Fixed namespace names dtfo-NAME-c and dtfo-NAME-s, for scripts [random ones].",
+)
+@click.option(
+    "--server-addresses",
+    type=click.IntRange(0, MAX_SERVER_ADDRESSES),
+    default=0,
+    help="Extra server addresses from 198.19.0.1, routed through the delay line.",
+)
+@click.option(
+    "--anycast",
+    type=click.IntRange(1, MAX_ANYCAST),
+    default=1,
+    show_default=True,
+    help="Server instances (namespaces) behind the same addresses; flows split by hash.",
+)
+@click.option("--shared-key", is_flag=True,
+              help="One TFO key for every anycast instance [each its own].")  # fmt: skip
+def up(
+    name: str | None, server_addresses: int, anycast: int, shared_key: bool, **path: Any
+) -> None:
     """Start a lab and keep it up until Ctrl-C, SIGINT or SIGTERM.
 
     Run commands inside its namespaces with `ip netns exec NAME COMMAND`; the names are
@@ -132,7 +151,16 @@ def up(name: str | None, **path: Any) -> None:
     """
     from dnstfo.lab.topology import start_lab
 
-    spec = replace(_spec(**path), name=name)
+    try:
+        spec = replace(
+            _spec(**path),
+            name=name,
+            server_addresses=server_addresses,
+            anycast=anycast,
+            shared_key=shared_key,
+        )
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
     with _lab_errors(), start_lab(spec) as running:
         _render_lab(running, hints=True)
         click.echo("up; press Ctrl-C (or send SIGINT or SIGTERM) to tear it down")
@@ -171,8 +199,16 @@ def _render_lab(running: Lab, hints: bool = False) -> None:
     faults = ", ".join(sorted(f.value for f in spec.faults)) or "none"
     click.echo(f"client  {running.client.name}  {running.device} {running.client_v4}"
                + (f" {running.client_v6}" if running.client_v6 else ""))  # fmt: skip
-    click.echo(f"server  {running.server.name}  {running.device} {running.server_v4}"
-               + (f" {running.server_v6}" if running.server_v6 else ""))  # fmt: skip
+    for i, server in enumerate(running.servers):
+        label = "server " if len(running.servers) == 1 else f"server{i + 1}"
+        click.echo(f"{label} {server.name}  {running.device} {running.server_v4}"
+                   + (f" {running.server_v6}" if running.server_v6 else ""))  # fmt: skip
+    extra = running.server_addresses
+    if extra:
+        click.echo(f"        and {len(extra)} more: {extra[0]} .. {extra[-1]}")
+    if len(running.servers) > 1:
+        keys = "one shared TFO key" if running.spec.shared_key else "each its own TFO key"
+        click.echo(f"anycast {len(running.servers)} instances, flows split by hash, {keys}")
     click.echo(
         f"delay   rtt {spec.rtt_ms:g} ms, jitter {spec.jitter_ms:g} ms, "
         f"loss {spec.loss * 100:g} %, faults: {faults} (relay pid {running.delay.pid})"
@@ -181,9 +217,9 @@ def _render_lab(running: Lab, hints: bool = False) -> None:
         return
     from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
 
-    server, client, host = running.server.name, running.client.name, running.server_v4
+    server_ns, client, host = running.server.name, running.client.name, running.server_v4
     click.echo("run     a command in a namespace: ip netns exec NAME COMMAND, for example")
-    click.echo(f"        ip netns exec {server} dnstfo serve --zone {_near(DEFAULT_ZONES)} "
+    click.echo(f"        ip netns exec {server_ns} dnstfo serve --zone {_near(DEFAULT_ZONES)} "
                f"--listen {host}:53")  # fmt: skip
     click.echo(f"        ip netns exec {client} dnstfo query {QNAME} @{host} +compare")
 

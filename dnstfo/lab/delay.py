@@ -7,12 +7,17 @@ made in user space. The relay is its own process (``python -m dnstfo.lab.delay``
 caller's GIL, garbage collector and test code never stall a packet.
 
 1. Start-up. The relay enters the client namespace (``setns``) and opens ``/dev/net/tun``
-   there, then does the same in the server namespace. A TUN device lives in the namespace
+   there, then does the same in each server namespace. A TUN device lives in the namespace
    where it was created, and the file descriptor keeps working after the process moves on,
-   so both devices exist only inside the lab and vanish when the relay exits. The relay
+   so the devices exist only inside the lab and vanish when the relay exits. The relay
    reports ``ready`` on its control socket; the parent then gives the devices point-to-point
    addresses with netlink (client 198.18.0.1, server 198.18.0.2, RFC 2544 benchmarking
    range; fd00:d7f0::1 and ::2 for IPv6) and brings them up.
+
+   Several server namespaces make an anycast pool: every one has the same addresses, and
+   the relay sends each client-to-server packet to the instance its flow hashes to (CRC-32
+   of addresses and ports, so a connection stays on one instance, as behind an ECMP
+   router); answers from any instance go to the client. The log says which instance.
 
 2. Each packet read from one device is parsed (``packet.py``), logged, and judged in this
    order: a middlebox fault may drop it or strip its TFO option (fixing the checksum); then
@@ -55,8 +60,9 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -178,6 +184,8 @@ class PacketRecord:
     """The option was the experimental kind 254 (magic 0xF989), not kind 34."""
     payload_len: int
     """Bytes of TCP payload."""
+    instance: int = 0
+    """The server instance the packet went to or came from (0 without an anycast pool)."""
 
     @property
     def is_syn(self) -> bool:
@@ -282,15 +290,20 @@ class DelayLine:
 
 @contextlib.contextmanager
 def delay_line(
-    client_ns: Path, server_ns: Path, config: DelayConfig, *, start_timeout: float = 5.0
+    client_ns: Path,
+    server_ns: Path | Sequence[Path],
+    config: DelayConfig,
+    *,
+    start_timeout: float = 5.0,
 ) -> Iterator[DelayLine]:
-    """Starts the relay between two namespaces, yields its handle, and always stops it.
+    """Starts the relay between namespaces, yields its handle, and always stops it.
 
     The TUN devices are up but have no addresses yet: :mod:`dnstfo.lab.topology` adds them.
 
     Args:
         client_ns: the client namespace file (``/run/netns/NAME``).
-        server_ns: the server namespace file.
+        server_ns: the server namespace file, or several: an anycast pool whose flows
+            are split by hash.
         config: delay, loss and faults to start with.
         start_timeout: seconds to wait for the relay to report ready.
 
@@ -300,15 +313,16 @@ def delay_line(
     Raises:
         LabError: the relay could not start.
     """
+    servers = [server_ns] if isinstance(server_ns, Path) else list(server_ns)
     parent_end, child_end = socket.socketpair()
     argv = [
         sys.executable,
         "-m",
         "dnstfo.lab.delay",
         str(child_end.fileno()),
-        str(client_ns),
-        str(server_ns),
         json.dumps(config.to_json()),
+        str(client_ns),
+        *(str(path) for path in servers),
     ]
     proc = subprocess.Popen(argv, pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
     child_end.close()
@@ -337,6 +351,18 @@ def _record_from_json(item: list[Any]) -> PacketRecord:
     return PacketRecord(**values)
 
 
+def flow_instance(addresses: bytes, ports: tuple[int, int] | None, count: int) -> int:
+    """The anycast instance (0 to ``count - 1``) a client-to-server packet goes to.
+
+    Args:
+        addresses: source then destination address, packed (8 bytes, or 32 for IPv6).
+        ports: TCP source and destination port; None for other packets.
+        count: instances in the pool.
+    """
+    key = addresses if ports is None else addresses + struct.pack("!HH", *ports)
+    return zlib.crc32(key) % count
+
+
 # --- the relay process ---------------------------------------------------------------------
 
 
@@ -355,22 +381,26 @@ def open_tun(name: str) -> int:
 class _Relay:
     """The relay loop; runs in its own process (see the theory of operation above)."""
 
-    def __init__(self, control: socket.socket, fds: dict[Direction, int], config: DelayConfig):
+    def __init__(
+        self, control: socket.socket, client_fd: int, server_fds: list[int], config: DelayConfig
+    ):
         self.control = control
-        self.inbound = fds  # direction -> the fd its packets are read from
-        self.outbound = {Direction.C2S: fds[Direction.S2C], Direction.S2C: fds[Direction.C2S]}
+        self.client_fd = client_fd
+        self.server_fds = server_fds
         self.config = config
         self.rng = random.Random(config.seed)
-        # (due, index, direction, packet, its log record): the record gets its send time
-        self.heap: list[tuple[int, int, Direction, bytes, list[Any]]] = []
+        # (due, index, fd to write to, packet, its log record): the record gets its send time
+        self.heap: list[tuple[int, int, int, bytes, list[Any]]] = []
         self.last_due = dict.fromkeys(Direction, 0)
         self.records: deque[list[Any]] = deque(maxlen=_LOG_LIMIT)
         self.count = 0
         self.buffer = b""
 
     def run(self) -> None:
-        fd_direction = {fd: d for d, fd in self.inbound.items()}
-        watched: list[socket.socket | int] = [self.control, *fd_direction]
+        # fd -> (direction, instance) of the packets read from it
+        sources = {self.client_fd: (Direction.C2S, 0)}
+        sources |= {fd: (Direction.S2C, i) for i, fd in enumerate(self.server_fds)}
+        watched: list[socket.socket | int] = [self.control, *sources]
         while True:
             timeout = None
             if self.heap:
@@ -381,19 +411,24 @@ class _Relay:
                     if not self.handle_control():
                         return
                 else:
-                    self.drain(fd, fd_direction[fd])
+                    self.drain(fd, *sources[fd])
             self.send_due()
 
-    def drain(self, fd: int, direction: Direction) -> None:
+    def drain(self, fd: int, direction: Direction, instance: int) -> None:
         while True:
             try:
                 data = os.read(fd, 65536)
             except BlockingIOError:
                 return
-            self.receive(data, direction, time.monotonic_ns())
+            self.receive(data, direction, time.monotonic_ns(), instance)
 
-    def receive(self, data: bytes, direction: Direction, now: int) -> None:
+    def receive(self, data: bytes, direction: Direction, now: int, instance: int = 0) -> None:
         segment = packet.parse(data)
+        if direction is Direction.C2S:
+            instance = self.instance_for(data, segment)
+            out = self.server_fds[instance]
+        else:
+            out = self.client_fd
         action = self.judge(segment)
         if action is Action.STRIPPED and segment is not None:
             data = packet.strip_tfo(data, segment)
@@ -402,12 +437,21 @@ class _Relay:
         # The fields of PacketRecord, in order (sent_ns is filled in when it leaves).
         record = [self.count, direction.value, now, None, action.value, data[0] >> 4, len(data)]
         record += _NOT_TCP if segment is None else _tcp_fields(segment)
+        record.append(instance)
         self.records.append(record)
         if action in (Action.FORWARDED, Action.STRIPPED):
             due = max(now + self.delay_ns(direction), self.last_due[direction])
             self.last_due[direction] = due
-            heapq.heappush(self.heap, (due, self.count, direction, data, record))
+            heapq.heappush(self.heap, (due, self.count, out, data, record))
         self.count += 1
+
+    def instance_for(self, data: bytes, segment: packet.TcpSegment | None) -> int:
+        """The server instance a client packet goes to: its flow's hash (addresses, ports)."""
+        if len(self.server_fds) == 1:
+            return 0
+        addresses = data[12:20] if data[0] >> 4 == 4 else data[8:40]
+        ports = None if segment is None else (segment.sport, segment.dport)
+        return flow_instance(addresses, ports, len(self.server_fds))
 
     def judge(self, segment: packet.TcpSegment | None) -> Action:
         faults = self.config.faults
@@ -433,9 +477,9 @@ class _Relay:
 
     def send_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.monotonic_ns():
-            _, index, direction, data, record = heapq.heappop(self.heap)
+            _, index, out, data, record = heapq.heappop(self.heap)
             try:
-                os.write(self.outbound[direction], data)
+                os.write(out, data)
             except OSError as exc:  # a full device queue is a loss, as on a real link
                 log.debug("write failed for packet %d: %s", index, exc)
                 continue
@@ -492,7 +536,8 @@ def _relay_main(argv: list[str]) -> int:
     # (it closes the control socket), so the lab is torn down in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=int(argv[0]))
-    client_ns, server_ns, config = argv[1], argv[2], DelayConfig.from_json(json.loads(argv[3]))
+    config = DelayConfig.from_json(json.loads(argv[1]))
+    client_ns, server_namespaces = argv[2], argv[3:]
     from dnstfo.lab.netns import realtime_priority, setns
 
     try:
@@ -501,13 +546,15 @@ def _relay_main(argv: list[str]) -> int:
         realtime_priority()  # wake up on time even when the machine is busy
         setns(client_ns)
         client_fd = open_tun(TUN_NAME)
-        setns(server_ns)
-        server_fd = open_tun(TUN_NAME)
+        server_fds = []
+        for server_ns in server_namespaces:
+            setns(server_ns)
+            server_fds.append(open_tun(TUN_NAME))
     except Exception as exc:
         control.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return 1
     control.sendall(b'{"ready": true}\n')
-    relay = _Relay(control, {Direction.C2S: client_fd, Direction.S2C: server_fd}, config)
+    relay = _Relay(control, client_fd, server_fds, config)
     relay.run()
     return 0
 

@@ -55,7 +55,9 @@ class PingExchange:
         return self.elapsed_ns / 1e6
 
 
-def ping_exchange(address: tuple[str, int], *, timeout: float = 10.0) -> PingExchange:
+def ping_exchange(
+    address: tuple[str, int], *, timeout: float = 10.0, source_port: int = 0
+) -> PingExchange:
     """Sends ``PING`` in the SYN (when a cookie allows) and reads the answer.
 
     Call it inside the client namespace; the cookie cache it reads is the caller's.
@@ -63,6 +65,8 @@ def ping_exchange(address: tuple[str, int], *, timeout: float = 10.0) -> PingExc
     Args:
         address: the ping server's (host, port).
         timeout: seconds before the socket gives up.
+        source_port: the client's port (0: the kernel picks one), to choose the instance
+            of an anycast pool a flow hashes to.
 
     Returns:
         The timing and the kernel's view of the exchange.
@@ -74,7 +78,11 @@ def ping_exchange(address: tuple[str, int], *, timeout: float = 10.0) -> PingExc
     host = address[0]
     cookie_before = tcp_metrics.cookie_for(host)
     started = time.monotonic_ns()
-    sock = client_socket(family_of(host))
+    family = family_of(host)
+    source = (
+        None if not source_port else ("::" if family == socket.AF_INET6 else "0.0.0.0", source_port)
+    )
+    sock = client_socket(family, source=source)
     with sock:
         # Blocking, so that sendto waits for the handshake when there is no cookie (with a
         # timeout set, Python makes the socket non-blocking and MSG_FASTOPEN then returns

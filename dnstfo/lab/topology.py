@@ -5,6 +5,18 @@
     client ns (dtfo-c-…)              relay process                 server ns (dtfo-s-…)
     dtfo0 198.18.0.1  <── TUN ──>  delay, loss, faults  <── TUN ──>  dtfo0 198.18.0.2
           fd00:d7f0::1                  packet log                         fd00:d7f0::2
+                                                                           198.19.0.1 …
+                                                    anycast: ──TUN──>  dtfo-s2-…, dtfo-s3-…
+
+``server_addresses=N`` gives the server N more IPv4 addresses (198.19.0.1 onwards, also
+in the RFC 2544 range), routed from the client through the delay line, so one server
+listening on 0.0.0.0 is N targets. ``anycast=N`` puts N server namespaces behind the same
+addresses: the delay line sends each flow to the instance it hashes to, as an ECMP router
+would. Each instance is a whole network stack with its own TFO key (the namespace's
+``net.ipv4.tcp_fastopen_key``, random per instance, or one for all with
+``shared_key``) and its own counters, and any server program runs there unchanged. (One
+namespace with several SO_REUSEPORT listeners, each with its own TCP_FASTOPEN_KEY, would
+split flows too, but only for servers that set per-socket keys, and with shared counters.)
 
 Use :func:`start_lab` as a context manager; everything it made is gone when the block ends,
 also on an exception, Ctrl-C or SIGTERM.
@@ -13,11 +25,15 @@ also on an exception, Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
+import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from dnstfo.errors import UsageError
+from dnstfo.errors import LabError, UsageError
+from dnstfo.kernel.sockets import TfoKey
 from dnstfo.lab import delay as _delay
 from dnstfo.lab.delay import DelayConfig, DelayLine, Fault
 from dnstfo.lab.netns import Namespace, fixed_name, namespace, signals_as_exceptions
@@ -25,6 +41,13 @@ from dnstfo.lab.netns import Namespace, fixed_name, namespace, signals_as_except
 log = logging.getLogger(__name__)
 
 _IFA_F_NODAD = 0x02  # lab addresses are unique by construction: no duplicate detection wait
+
+ADDRESS_BLOCK = ipaddress.IPv4Network("198.19.0.0/16")
+"""Where the server's extra addresses come from (RFC 2544 benchmarking range)."""
+MAX_SERVER_ADDRESSES = 256 * 254
+"""Extra addresses the block holds without last octets 0 and 255."""
+MAX_ANYCAST = 16
+"""Most server instances in an anycast pool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +72,12 @@ class LabSpec:
     """Also give the lab IPv6 addresses."""
     name: str | None = None
     """Fixed namespace names ``dtfo-NAME-c`` and ``dtfo-NAME-s`` (None: random ones)."""
+    server_addresses: int = 0
+    """Extra IPv4 addresses of the server (see :func:`server_address_block`)."""
+    anycast: int = 1
+    """Server instances behind the server's addresses (namespaces ``s``, ``s2``, ``s3``, …)."""
+    shared_key: bool = False
+    """All instances use one TFO key (the default gives each its own)."""
 
     def __post_init__(self) -> None:
         if self.rtt_ms < 0 or self.jitter_ms < 0:
@@ -57,6 +86,12 @@ class LabSpec:
             raise UsageError("loss is a probability between 0 and 1")
         if self.name is not None:
             fixed_name(self.name, "c")  # raises on a bad name
+        if not 0 <= self.server_addresses <= MAX_SERVER_ADDRESSES:
+            raise UsageError(f"server addresses: 0 to {MAX_SERVER_ADDRESSES}")
+        if not 1 <= self.anycast <= MAX_ANYCAST:
+            raise UsageError(f"anycast instances: 1 to {MAX_ANYCAST}")
+        if self.shared_key and self.anycast < 2:
+            raise UsageError("a shared key needs an anycast pool of 2 or more instances")
 
     def delay_config(self) -> DelayConfig:
         """The delay line configuration this spec asks for."""
@@ -92,6 +127,23 @@ class Lab:
     """The server's IPv6 address, when the spec asked for IPv6."""
     device: str = _delay.TUN_NAME
     """The TUN device's name in each namespace."""
+    servers: tuple[Namespace, ...] = ()
+    """Every server instance, ``server`` first (one without an anycast pool)."""
+    server_addresses: tuple[str, ...] = ()
+    """The server's extra IPv4 addresses (on every instance)."""
+    keys: tuple[TfoKey, ...] = ()
+    """Each instance's TFO key, in ``servers`` order (empty: the namespace's own)."""
+
+
+def server_address_block(count: int) -> tuple[str, ...]:
+    """The first ``count`` extra server addresses: 198.19.0.1-254, 198.19.1.1-254, …
+
+    Last octets 0 and 255 are skipped, so no address looks like a network or broadcast one.
+    """
+    base = int(ADDRESS_BLOCK.network_address)
+    return tuple(
+        str(ipaddress.IPv4Address(base + (i // 254) * 256 + i % 254 + 1)) for i in range(count)
+    )
 
 
 @contextlib.contextmanager
@@ -117,27 +169,76 @@ def start_lab(spec: LabSpec) -> Iterator[Lab]:
                 name=None if spec.name is None else fixed_name(spec.name, "c"),
             )
         )
-        server = stack.enter_context(
-            namespace(
-                "s",
-                sysctls={"net.ipv4.tcp_fastopen": str(spec.server_tcp_fastopen)},
-                name=None if spec.name is None else fixed_name(spec.name, "s"),
-            )
-        )
-        line = stack.enter_context(_delay.delay_line(client.path, server.path, spec.delay_config()))
+        keys = _instance_keys(spec)
+        servers = []
+        for i in range(spec.anycast):
+            role = "s" if i == 0 else f"s{i + 1}"
+            sysctls = {"net.ipv4.tcp_fastopen": str(spec.server_tcp_fastopen)}
+            if keys:
+                sysctls["net.ipv4.tcp_fastopen_key"] = keys[i].text()
+            name = None if spec.name is None else fixed_name(spec.name, role)
+            servers.append(stack.enter_context(namespace(role, sysctls=sysctls, name=name)))
+        paths = [ns.path for ns in servers]
+        line = stack.enter_context(_delay.delay_line(client.path, paths, spec.delay_config()))
         v6 = spec.ipv6
+        extra = server_address_block(spec.server_addresses)
         _configure(client, _delay.CLIENT_V4, _delay.SERVER_V4, _delay.CLIENT_V6 if v6 else None)
-        _configure(server, _delay.SERVER_V4, _delay.CLIENT_V4, _delay.SERVER_V6 if v6 else None)
+        if extra:
+            _route_block(client)
+        for ns in servers:
+            _configure(ns, _delay.SERVER_V4, _delay.CLIENT_V4, _delay.SERVER_V6 if v6 else None)
+            _add_addresses(ns, extra)
         lab = Lab(
             spec=spec,
             client=client,
-            server=server,
+            server=servers[0],
             delay=line,
             client_v6=_delay.CLIENT_V6 if v6 else None,
             server_v6=_delay.SERVER_V6 if v6 else None,
+            servers=tuple(servers),
+            server_addresses=extra,
+            keys=keys,
         )
-        log.info("lab up: %s <-> %s, %s", client.name, server.name, spec)
+        names = ", ".join(ns.name for ns in servers)
+        log.info("lab up: %s <-> %s, %s", client.name, names, spec)
         yield lab
+
+
+def _instance_keys(spec: LabSpec) -> tuple[TfoKey, ...]:
+    """A random TFO key per instance, or one for all; none without an anycast pool."""
+    if spec.anycast < 2:
+        return ()
+    if spec.shared_key:
+        return (TfoKey(secrets.token_bytes(16)),) * spec.anycast
+    return tuple(TfoKey(secrets.token_bytes(16)) for _ in range(spec.anycast))
+
+
+def _route_block(ns: Namespace) -> None:
+    """Routes the extra server addresses through the namespace's TUN device."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=ns.name) as ipr:
+        (index,) = ipr.link_lookup(ifname=_delay.TUN_NAME)
+        ipr.route("add", dst=str(ADDRESS_BLOCK), oif=index)
+
+
+def _add_addresses(ns: Namespace, addresses: tuple[str, ...]) -> None:
+    """Adds /32 addresses to the namespace's TUN device, in one ``ip -batch`` run.
+
+    Raises:
+        LabError: ``ip`` failed.
+    """
+    if not addresses:
+        return
+    device = _delay.TUN_NAME
+    script = "".join(f"address add {a}/32 dev {device}\n" for a in addresses)
+    argv = ["ip", "-n", ns.name, "-batch", "-"]
+    try:
+        done = subprocess.run(argv, input=script, capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LabError(f"adding {len(addresses)} addresses in {ns.name}: {exc}") from exc
+    if done.returncode != 0:
+        raise LabError(f"adding addresses in {ns.name}: {done.stderr.strip()}")
 
 
 def _configure(ns: Namespace, local: str, peer: str, local_v6: str | None) -> None:

@@ -53,7 +53,8 @@ def fresh_lab(lab: Lab) -> Iterator[Lab]:
 
 def _reset(lab: Lab) -> None:
     lab.delay.configure(lab.spec.delay_config())
-    lab.server.write_sysctls({"net.ipv4.tcp_fastopen": str(lab.spec.server_tcp_fastopen)})
+    for server in lab.servers:
+        server.write_sysctls({"net.ipv4.tcp_fastopen": str(lab.spec.server_tcp_fastopen)})
     lab.client.write_sysctls({"net.ipv4.tcp_fastopen": str(lab.spec.client_tcp_fastopen)})
     lab.client.run(tcp_metrics.flush)
     lab.delay.clear()

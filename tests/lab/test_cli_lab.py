@@ -129,10 +129,19 @@ def test_demo_on_a_zero_rtt_path_exits_3_and_claims_no_saving() -> None:
     assert lab_namespaces(mine=True) == []
 
 
-def test_a_bad_lab_name_is_a_usage_error() -> None:
-    result = CliRunner().invoke(main, ["lab", "up", "--name", "no/slash"])
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--name", "no/slash"], "a lab name is"),
+        (["--shared-key"], "a shared key needs an anycast pool"),
+        (["--anycast", "0"], "--anycast"),
+        (["--server-addresses", "70000"], "--server-addresses"),
+    ],
+)
+def test_bad_lab_up_options_are_usage_errors(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(main, ["lab", "up", *args])
     assert result.exit_code == 2
-    assert "a lab name is" in result.output
+    assert says in result.output
     assert "Traceback" not in result.output
 
 
@@ -166,9 +175,10 @@ class _Lines:
 @requires_lab
 def test_backgrounded_lab_up_with_a_name_stops_on_sigint() -> None:
     name = f"t{secrets.token_hex(3)}"
-    client, server = f"dtfo-{name}-c", f"dtfo-{name}-s"
+    client, server, second = f"dtfo-{name}-c", f"dtfo-{name}-s", f"dtfo-{name}-s2"
     argv = ["bash", "-c", _BACKGROUND, "bash", sys.executable, "-c", _CLI]
-    argv += ["lab", "up", "--rtt", "10ms", "--name", name]
+    argv += ["lab", "up", "--rtt", "10ms", "--name", name, "--anycast", "2"]
+    argv += ["--server-addresses", "300"]
     with subprocess.Popen(argv, stdout=subprocess.PIPE) as shell:
         assert shell.stdout is not None
         output = _Lines(shell.stdout, time.monotonic() + 30)
@@ -181,7 +191,10 @@ def test_backgrounded_lab_up_with_a_name_stops_on_sigint() -> None:
             out = "".join(lines)
             assert f"ip netns exec {server} dnstfo serve" in out
             assert f"ip netns exec {client} dnstfo query" in out
-            assert {client, server} <= set(lab_namespaces())
+            assert f"server2 {second}" in out
+            assert "and 300 more: 198.19.0.1 .. 198.19.1.46" in out
+            assert "anycast 2 instances, flows split by hash, each its own TFO key" in out
+            assert {client, server, second} <= set(lab_namespaces())
             # A second lab with the same name is refused, and leaves the first alone.
             again = CliRunner().invoke(main, ["lab", "up", "--name", name])
             assert again.exit_code == 1
@@ -190,10 +203,10 @@ def test_backgrounded_lab_up_with_a_name_stops_on_sigint() -> None:
 
             os.kill(pid, signal.SIGINT)
             assert shell.wait(timeout=20) == 130
-            assert not {client, server} & set(lab_namespaces())
+            assert not {client, server, second} & set(lab_namespaces())
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
             shell.kill()
-            for ns in (client, server):
+            for ns in (client, server, second):
                 remove_namespace(ns)
