@@ -4,10 +4,18 @@ Default limits (RFC 9210 §4.2 asks that each be configurable; the values are th
 project's choice, sized for a small authoritative server and documented in ``--help``):
 
 - idle timeout 10 s: RFC 7766 §6.2.3 asks for an idle timeout "on the order of seconds";
-- connection lifetime 120 s, 10 000 queries per connection: long enough for any
-  legitimate pipelined burst, short enough to rebalance clients;
-- 4096 connections in total, 256 per client address: a busy resolver behind one address
-  still fits, one client cannot take all connections.
+- connection lifetime 120 s: long enough for any legitimate pipelined burst, short enough
+  to rebalance clients;
+- no limit on queries per connection (Knot DNS has none either): a limit only ever closes
+  a connection in the middle of a client's pipeline, and RFC 9210 §4.2 asks for limits on
+  resources, which the lifetime, the idle timeout, the write-stall timeout and the bounded
+  output per connection already hold; when one is set, every query read is answered
+  before the connection closes;
+- write-stall timeout 5 s: output that the socket takes no byte of for that long means a
+  client that does not read (a retransmitting path backs off to about 3 s first);
+- 4096 connections in total, 256 per client (an address; an IPv6 /64): a busy resolver
+  behind one address still fits, one client cannot take all connections; when all are
+  taken, the idle timeout shrinks and the longest-idle connection makes room.
 """
 
 from __future__ import annotations
@@ -101,7 +109,7 @@ class Limits:
     max_connections: int = 4096
     """TCP connections open at once, over all clients."""
     max_per_client: int = 256
-    """TCP connections open at once from one client address."""
+    """TCP connections open at once from one client (an address; an IPv6 /64)."""
     connection: ConnectionPolicy = field(default_factory=ConnectionPolicy)
     """Idle timeout, lifetime and queries per connection."""
 
@@ -114,6 +122,7 @@ class Limits:
         idle_timeout: float | None = None,
         lifetime: float | None = None,
         max_queries: int | None = None,
+        write_stall: float | None = None,
     ) -> Limits:
         """Builds limits from seconds; None keeps the default (0 lifetime or queries: none).
 
@@ -129,6 +138,8 @@ class Limits:
             changes["lifetime_ns"] = round(lifetime * NS_PER_S)
         if max_queries is not None:
             changes["max_queries"] = max_queries
+        if write_stall is not None:
+            changes["write_stall_ns"] = round(write_stall * NS_PER_S)
         try:
             policy = replace(policy, **changes)
         except ValueError as exc:

@@ -1,46 +1,96 @@
-"""One TCP client session: received bytes -> framed answers, with no sockets or clock.
+"""One TCP client session: bytes and time in; bytes to send, a close and a deadline out.
 
 Theory of operation. :class:`TcpSession` glues the connection policy
 (:class:`~dnstfo.wire.connection.ServerConnection`), the answer engine
-(:class:`~dnstfo.answer.responder.Responder`) and the edns-tcp-keepalive option together.
-Each call to :meth:`TcpSession.receive` answers every whole query the bytes completed and
-returns all of their answers as *one* buffer, each with its length prefix (RFC 7766 §8:
-length and message in one write; one write per read batch keeps pipelined answers from
-waiting behind the client's delayed ACK). Answers come back in the order the queries
-came; each carries its query's ID, so clients match them as RFC 7766 §6.2.1.1 requires.
+(:class:`~dnstfo.answer.responder.Responder`) and the edns-tcp-keepalive option together,
+in the shape of websockets' protocol objects and aioquic's connection: it has no socket
+and no clock, and every entry point takes ``now`` (monotonic ns).
+
+Inputs: :meth:`~TcpSession.receive_data`, :meth:`~TcpSession.receive_eof`,
+:meth:`~TcpSession.handle_timer` (at :meth:`~TcpSession.get_timer`),
+:meth:`~TcpSession.data_sent` (how many bytes the socket took), :meth:`~TcpSession.deliver`
+(an answer that was not ready when its query was read) and :meth:`~TcpSession.close`.
+After *every* input the driver does the same thing, in one place: write
+:meth:`~TcpSession.data_to_send` and report what the socket took, close the socket if
+:meth:`~TcpSession.close_expected`, send FIN if :meth:`~TcpSession.eof_to_send`, wait for
+reading if :meth:`~TcpSession.wants_read` and for writing if
+:meth:`~TcpSession.wants_write`, and re-arm its timer at :meth:`~TcpSession.get_timer`.
+
+Output is produced lazily. Whole queries wait in a backlog; answers are made from it only
+while less than ``OUTPUT_HIGH`` bytes wait for the socket, at most ``PRODUCE_BUDGET``
+bytes per input (so one connection's big work, such as a zone transfer rendered message by
+message, is interleaved with every other connection's), and the driver reads no more while
+the backlog is not empty or the output is above the mark. What one connection holds in
+user space is therefore bounded by a constant (``MAX_BUFFERED``), whatever the client
+sends and however slowly it reads. Answers of one batch go out in one write (RFC 7766 §8;
+one write per read keeps pipelined answers from waiting behind the client's delayed ACK),
+in the order of the queries, each with its query's ID (RFC 7766 §6.2.1.1); answers given
+later through :meth:`~TcpSession.deliver` go out as they come, in any order.
 
 Only the first batch of a connection whose SYN carried data is marked ``from_syn_data``:
 the responder then refuses anything but QUERY (RFC 7413 §6, SYN data may be replayed).
-Marking the whole first batch errs on the safe side when more than the SYN's bytes
-arrived in that first read.
 
-The rest of a zone transfer (``Reply.more``) is queued in ``transfers`` for the driver to
-write as the socket drains, so one transfer does not hold back other answers.
+Closing: the idle timeout, a write stall, eviction, the client's EOF and a failure close
+at once (nothing is written after the client closed). The query limit, the lifetime, a
+bad frame and shutdown stop reading, finish every answer owed to a query already read,
+send FIN and close when the client closes its side or ``drain_ns`` later; queries read
+after that are counted as dropped, never silently lost.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from time import monotonic_ns
+from typing import Protocol
 
 import dns.message
 import dns.rcode
 
-from dnstfo.answer.responder import Responder, Transport
+from dnstfo.answer.responder import Reply, Responder, Transport
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.stats import Limit, ServerStats
-from dnstfo.wire.connection import CloseReason, ConnectionPolicy, ServerConnection
-from dnstfo.wire.framing import frame
+from dnstfo.wire.connection import GRACEFUL, CloseReason, ConnectionPolicy, ServerConnection
+from dnstfo.wire.framing import MAX_MESSAGE, frame
 from dnstfo.wire.keepalive import KeepaliveRequest, add_keepalive, keepalive_request
+
+log = logging.getLogger(__name__)
+
+OUTPUT_HIGH = 256 * 1024
+"""Answers are made only while less output than this waits for the socket; above it the
+connection is not read either."""
+PRODUCE_BUDGET = 64 * 1024
+"""Output made per input at most, so one connection's big work yields to the others."""
+MAX_DEFERRED = 64
+"""Answers owed later (forwarded queries) per connection; reading stops at this many."""
+RECV_SIZE = 65536
+"""Bytes the driver reads at once: the backlog holds the queries of at most one read."""
+MAX_BUFFERED = OUTPUT_HIGH + PRODUCE_BUDGET + 2 * (MAX_MESSAGE + 2) + RECV_SIZE
+"""Bytes one connection holds in user space at most (output waiting, one answer over the
+mark, a partly received frame and one read of queries), besides Python's per-object
+overhead on the backlog: about 0.5 MiB."""
 
 _TCP = Transport.TCP
 _EMPTY = KeepaliveRequest.EMPTY
 _AXFR = 252
-_TIMER_LIMITS: dict[CloseReason | None, Limit] = {
+_COUNTED: dict[CloseReason, Limit] = {
     CloseReason.IDLE: Limit.IDLE,
     CloseReason.LIFETIME: Limit.LIFETIME,
+    CloseReason.QUERY_LIMIT: Limit.QUERIES,
+    CloseReason.WRITE_STALL: Limit.WRITE_STALL,
+    CloseReason.EVICTED: Limit.EVICTED,
 }
+
+
+class Deferrer(Protocol):
+    """Takes a query whose answer comes later (a forwarder)."""
+
+    def __call__(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
+        """Offers ``query`` (whose local ``reply`` is forwardable); True: taken, and the
+        taker must call ``session.deliver(slot, ...)`` exactly once; False: ``reply`` is
+        sent now."""
+        ...
 
 
 def _formerr(query: bytes, fallback: bytes) -> bytes:
@@ -59,25 +109,37 @@ class TcpSession:
 
     Args:
         responder: the answer engine (shared by all sessions; reloads swap its zones).
-        policy: idle timeout, lifetime and query limit.
+        policy: idle timeout, lifetime, query limit, write-stall and drain times.
         now: when the connection was accepted (monotonic ns).
         client: the client's address and port.
         syn_data: the kernel says the SYN carried data (TCP_INFO SYN_DATA).
         stats: counters to add to.
         query_log: per-query log lines (skipped entirely when off).
         clock: monotonic ns, read only to log each query's latency.
+        defer: takes forwardable queries to answer later (None: answer all now).
+        wake: called after :meth:`deliver` (the driver then services this session, as
+            after any input); the driver may also set it later.
     """
 
     __slots__ = (
+        "_backlog",
         "_clock",
+        "_defer",
+        "_eof_sent",
         "_from_syn",
+        "_hard",
+        "_next_slot",
+        "_off",
+        "_out",
+        "_slots",
+        "_transfers",
         "client",
         "conn",
         "port",
         "query_log",
         "responder",
         "stats",
-        "transfers",
+        "wake",
     )
 
     def __init__(
@@ -90,6 +152,8 @@ class TcpSession:
         stats: ServerStats,
         query_log: QueryLogger,
         clock: Callable[[], int] = monotonic_ns,
+        defer: Deferrer | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self._clock = clock
         self.responder = responder
@@ -97,74 +161,277 @@ class TcpSession:
         self.client, self.port = client[0], client[1]
         self.stats = stats
         self.query_log = query_log
-        self.transfers: deque[bytes] = deque()
-        """Framed messages of zone transfers still to write, in order."""
+        self.wake = wake
+        self._defer = defer
         self._from_syn = syn_data
         """The next batch is the SYN's: only the first, when the SYN carried data."""
+        self._backlog: deque[tuple[bytes, int, bool]] = deque()
+        """Queries read and not answered yet: (message, time read, from SYN data)."""
+        self._transfers: deque[Iterator[bytes]] = deque()
+        """Zone transfers in progress: their messages not yet made, in order."""
+        self._slots: dict[int, tuple[bytes, int, bool]] = {}
+        """Answers owed later, by slot: (query, time read, from SYN data)."""
+        self._next_slot = 0
+        self._out = b""
+        self._off = 0
+        """Bytes of ``_out`` the socket took already."""
+        self._hard = False
+        """Closed: the driver closes the socket, nothing more is written."""
+        self._eof_sent = False
 
-    def receive(self, data: bytes, now: int) -> bytes:
-        """Answers the queries that ``data`` completed.
+    # ---- inputs --------------------------------------------------------------------------
 
-        Afterwards check ``conn.closing`` (stop reading; close when ``transfers`` is
-        empty) and ``transfers`` (more to write as the socket drains).
-
-        Args:
-            data: bytes as received.
-            now: time of receipt (monotonic ns).
-
-        Returns:
-            The framed answers, concatenated (empty when there is nothing to send).
-        """
+    def receive_data(self, data: bytes, now: int) -> None:
+        """Feeds bytes as received at ``now``; answers are made up to the output bound."""
         conn = self.conn
+        if conn.closing:
+            if not self._hard:
+                self.stats.dropped += conn.discard(data)
+            return
         messages = conn.receive_data(data, now)
-        stats = self.stats
         if conn.closing:
             reason = conn.close_reason
             if reason is CloseReason.PROTOCOL_ERROR:
-                stats.protocol_errors += 1
-            elif reason is CloseReason.QUERY_LIMIT:
-                stats.limits[Limit.QUERIES] += 1
-        if not messages:
-            return b""
-        from_syn = self._from_syn
-        self._from_syn = False
-        respond = self.responder.respond
-        client = self.client
-        counts = stats.queries
-        log = self.query_log if self.query_log.enabled else None
-        out: list[bytes] = []
-        for message in messages:
-            reply = respond(message, transport=_TCP, from_syn_data=from_syn, client=client)
-            wire = reply.wire
-            if wire is None:
-                stats.dropped += 1
-                continue
-            rcode: int | None = reply.rcode
-            assert rcode is not None  # a reply with a message has an RCODE
-            if message[11] or message[10]:  # ARCOUNT > 0: maybe an OPT with keepalive
-                wire, rcode = self._keepalive(message, wire, rcode, now)
-            out.append(frame(wire))
+                self.stats.protocol_errors += 1
+            else:
+                self._count(reason)
+        if messages:
+            from_syn = self._from_syn
+            self._from_syn = False
+            self._backlog.extend([(m, now, from_syn) for m in messages])
+            self._produce(now)
+
+    def receive_eof(self, now: int) -> None:
+        """Notes the client's end of stream: the session closes at once (counted as a
+        protocol error inside a frame); unsent output and owed answers are dropped."""
+        if self._hard:
+            return
+        if not self.conn.closing and self.conn.receive_eof():
+            self.stats.protocol_errors += 1
+        self._close_now()
+
+    def handle_timer(self, now: int) -> None:
+        """Applies the deadlines at ``now`` (call at :meth:`get_timer` or later)."""
+        if self._hard:
+            return
+        conn = self.conn
+        was_closing = conn.closing
+        reason = conn.handle_timer(now)
+        if reason is not None:
+            if reason is not CloseReason.PROTOCOL_ERROR and (
+                not was_closing or reason is CloseReason.WRITE_STALL
+            ):
+                self._count(reason)
+            self._close_now()
+        elif conn.closing and not was_closing:
+            self._count(conn.close_reason)
+
+    def data_sent(self, sent: int, now: int) -> None:
+        """Notes that the socket took ``sent`` bytes of :meth:`data_to_send` (0: none),
+        and makes more output if it fell below the bound."""
+        if self._hard:
+            return
+        conn = self.conn
+        if sent:
+            self._off += sent
+            if self._off >= len(self._out):
+                self._out, self._off = b"", 0
+                conn.output_progress(now, done=True)
+            else:
+                conn.output_progress(now, done=False)
+        if self._backlog or self._transfers:
+            self._produce(now)
+
+    def eof_sent(self, now: int) -> None:
+        """Notes that the driver sent FIN (after :meth:`eof_to_send`)."""
+        self._eof_sent = True
+        self.conn.eof_sent(now)
+
+    def deliver(self, slot: int, wire: bytes | None, now: int) -> None:
+        """Gives the answer owed for ``slot`` (a :class:`Deferrer` took its query).
+
+        Args:
+            slot: the slot the deferrer was given.
+            wire: the response message (its ID is the query's), or None: no answer (the
+                query is counted as dropped).
+            now: the time.
+
+        Nothing is written if the connection closed meanwhile (RFC 7766 §6.2.4). Calls
+        ``wake`` so that the driver sends it.
+        """
+        entry = self._slots.pop(slot, None)
+        if entry is None or self._hard:
+            return
+        self.conn.response_done(now)
+        query, read_at, from_syn = entry
+        if wire is None:
+            self.stats.dropped += 1
+        else:
+            rcode = wire[3] & 0xF
+            if query[11] or query[10]:
+                wire, rcode = self._keepalive(query, wire, rcode, now)
+            self._append(frame(wire), now)
+            self.stats.queries["tcp", rcode] += 1
+            if from_syn:
+                self.stats.syn_data_queries += 1
+            if self.query_log.enabled:
+                self._log(None, None, rcode, from_syn, read_at)
+        if self.wake is not None:
+            self.wake()
+
+    def close(self, reason: CloseReason, now: int) -> None:
+        """Closes for ``reason``: shutdown finishes the answers owed (an idle connection
+        closes at once); eviction and failures close at once."""
+        if self._hard:
+            return
+        conn = self.conn
+        idle = conn.idle and not self._backlog and not self._slots
+        conn.close(reason)
+        if reason in GRACEFUL and not idle:
+            return
+        self._count(reason)
+        self._close_now()
+
+    # ---- outputs -------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes | memoryview:
+        """The bytes to write now (empty when none); report what was taken with
+        :meth:`data_sent`."""
+        return memoryview(self._out)[self._off :] if self._off else self._out
+
+    def wants_write(self) -> bool:
+        """Output is waiting for the socket."""
+        return bool(self._out) and not self._hard
+
+    def wants_read(self) -> bool:
+        """The driver should read: open and under every bound, or draining after FIN."""
+        if self._hard:
+            return False
+        if self.conn.closing:
+            return self._eof_sent
+        return (
+            not self._backlog
+            and len(self._out) - self._off < OUTPUT_HIGH
+            and len(self._slots) < MAX_DEFERRED
+        )
+
+    def eof_to_send(self) -> bool:
+        """Closing gracefully with every answer written: send FIN now."""
+        return (
+            self.conn.closing
+            and not self._hard
+            and not self._eof_sent
+            and not self._out
+            and not self._backlog
+            and not self._transfers
+            and not self._slots
+        )
+
+    def close_expected(self) -> bool:
+        """The driver should close the socket now (nothing more is written)."""
+        return self._hard
+
+    def get_timer(self) -> int | None:
+        """When to call :meth:`handle_timer` next (absolute monotonic ns), or None."""
+        return None if self._hard else self.conn.deadline()
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the session is closing or closed (None while open)."""
+        return self.conn.close_reason
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for this connection in user space: output and backlog."""
+        return len(self._out) - self._off + sum(len(q) for q, _, _ in self._backlog)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing owed and nothing waiting: a candidate for eviction."""
+        return self.conn.idle and not self._backlog and not self._slots and not self._hard
+
+    # ---- making output -------------------------------------------------------------------
+
+    def _produce(self, now: int) -> None:
+        """Makes answers from the backlog and transfer messages, within the bounds."""
+        backlog, transfers = self._backlog, self._transfers
+        room = min(PRODUCE_BUDGET, OUTPUT_HIGH - (len(self._out) - self._off))
+        chunks: list[bytes] = []
+        made = 0
+        while made < room and (backlog or transfers):
+            if backlog:
+                wire = self._answer(*backlog.popleft())
+                if wire:
+                    chunks.append(wire)
+                    made += len(wire)
+            if transfers and made < room:
+                message = self._transfer_message(now)
+                if message:
+                    chunks.append(message)
+                    made += len(message)
+            if self._hard:
+                return
+        if chunks:
+            self._append(chunks[0] if len(chunks) == 1 else b"".join(chunks), now)
+
+    def _append(self, data: bytes, now: int) -> None:
+        if self._out:
+            self._out = self._out[self._off :] + data
+            self._off = 0
+        else:
+            self._out = data
+            self.conn.output_waiting(now)
+
+    def _answer(self, message: bytes, now: int, from_syn: bool) -> bytes | None:
+        """The framed answer to one query (None: dropped, or owed later)."""
+        stats = self.stats
+        reply = self.responder.respond(
+            message, transport=_TCP, from_syn_data=from_syn, client=self.client
+        )
+        wire = reply.wire
+        if wire is None:
+            stats.dropped += 1
+            return None
+        if reply.forwardable and self._defer is not None:
+            slot = self._next_slot
+            self._next_slot += 1
+            self._slots[slot] = (message, now, from_syn)
+            self.conn.response_started()
+            if self._defer(self, slot, message, reply):
+                return None
+            del self._slots[slot]
+            self.conn.response_done(now)
+        rcode: int | None = reply.rcode
+        assert rcode is not None  # a reply with a message has an RCODE
+        if message[11] or message[10]:  # ARCOUNT > 0: maybe an OPT with keepalive
+            wire, rcode = self._keepalive(message, wire, rcode, now)
+        if reply.more:
             if reply.qtype == _AXFR and rcode == 0:
                 stats.axfr += 1
-            if reply.more:
-                if not self.transfers:
-                    conn.response_started()
-                self.transfers.extend(map(frame, reply.more))
-            counts["tcp", rcode] += 1
-            if from_syn:
-                stats.syn_data_queries += 1
-            if log is not None:
-                log.record(
-                    client=client,
-                    port=self.port,
-                    qname=reply.qname,
-                    qtype=reply.qtype,
-                    rcode=rcode,
-                    transport="tcp",
-                    syn_data=from_syn,
-                    latency_ns=self._clock() - now,
-                )
-        return b"".join(out)
+            self._transfers.append(iter(reply.more))
+            self.conn.response_started()
+        stats.queries["tcp", rcode] += 1
+        if from_syn:
+            stats.syn_data_queries += 1
+        if self.query_log.enabled:
+            self._log(reply.qname, reply.qtype, rcode, from_syn, now)
+        return frame(wire)
+
+    def _transfer_message(self, now: int) -> bytes | None:
+        """The next framed message of the current transfer (None when it just ended)."""
+        transfers = self._transfers
+        try:
+            message = next(transfers[0], None)
+        except Exception:  # a bug or an unrenderable record: the stream cannot go on
+            log.exception("zone transfer to %s#%s failed; closing", self.client, self.port)
+            self.conn.close(CloseReason.SERVER_ERROR)
+            self._close_now()
+            return None
+        if message is None:
+            transfers.popleft()
+            self.conn.response_done(now)
+            return None
+        return frame(message)
 
     def _keepalive(self, query: bytes, wire: bytes, rcode: int, now: int) -> tuple[bytes, int]:
         """RFC 7828: advertise our TIMEOUT when asked; FORMERR for a non-empty option."""
@@ -175,53 +442,32 @@ class TcpSession:
             return _formerr(query, wire), dns.rcode.FORMERR
         return wire, rcode
 
-    def handle_timer(self, now: int) -> bool:
-        """Applies the connection's deadlines at ``now``, counting an idle or lifetime close
-        when it is decided (a lifetime reached mid-transfer closes only after it).
+    def _log(
+        self, qname: str | None, qtype: int | None, rcode: int, from_syn: bool, read_at: int
+    ) -> None:
+        self.query_log.record(
+            client=self.client,
+            port=self.port,
+            qname=qname,
+            qtype=qtype,
+            rcode=rcode,
+            transport="tcp",
+            syn_data=from_syn,
+            latency_ns=self._clock() - read_at,
+        )
 
-        Returns:
-            True when the driver should close now; otherwise re-arm the timer (and stop
-            reading if ``conn.closing``).
-        """
-        conn = self.conn
-        was_closing = conn.closing
-        due = conn.handle_timer(now) is not None
-        if conn.closing and not was_closing:
-            limit = _TIMER_LIMITS.get(conn.close_reason)
-            if limit is not None:
-                self.stats.limits[limit] += 1
-        return due or self.finished
+    # ---- closing -------------------------------------------------------------------------
 
-    def receive_eof(self, now: int) -> None:
-        """Notes the client's end of stream (counted as a protocol error inside a frame),
-        and forgets unsent transfer messages: nothing is written after the client closed."""
-        if self.conn.receive_eof():
-            self.stats.protocol_errors += 1
-        self.drop_transfers(now)
+    def _count(self, reason: CloseReason | None) -> None:
+        limit = _COUNTED.get(reason) if reason is not None else None
+        if limit is not None:
+            self.stats.limits[limit] += 1
 
-    def next_transfer_chunk(self, now: int, budget: int = 65536) -> bytes:
-        """Takes queued transfer messages worth about ``budget`` bytes, for one write.
-
-        Marks the response done when the queue empties (the idle timer restarts).
-        """
-        chunks: list[bytes] = []
-        size = 0
-        transfers = self.transfers
-        while transfers and size < budget:
-            chunk = transfers.popleft()
-            chunks.append(chunk)
-            size += len(chunk)
-        if not transfers and chunks:
-            self.conn.response_done(now)
-        return b"".join(chunks)
-
-    def drop_transfers(self, now: int) -> None:
-        """Forgets unsent transfer messages (the client went away)."""
-        if self.transfers:
-            self.transfers.clear()
-            self.conn.response_done(now)
-
-    @property
-    def finished(self) -> bool:
-        """Closing, with nothing left to write: the driver should close now."""
-        return self.conn.closing and not self.transfers
+    def _close_now(self) -> None:
+        """Closes at once: owed answers are counted as dropped, output is forgotten."""
+        self._hard = True
+        self.stats.dropped += len(self._backlog) + len(self._slots)
+        self._backlog.clear()
+        self._slots.clear()
+        self._transfers.clear()
+        self._out, self._off = b"", 0

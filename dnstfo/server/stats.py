@@ -32,6 +32,8 @@ class Limit(enum.Enum):
     QUERIES = "queries_per_connection"
     LIFETIME = "lifetime"
     IDLE = "idle_timeout"
+    WRITE_STALL = "write_stall"
+    EVICTED = "evicted_idle"
 
 
 @dataclass(slots=True)

@@ -11,23 +11,29 @@ This driver takes the shortest path the kernel allows:
 
 Its epoll descriptor is watched by the asyncio loop (``add_reader``), so UDP, metrics,
 signals and shutdown stay on asyncio. Everything DNS lives in
-:class:`~dnstfo.server.session.TcpSession`. Per connection:
+:class:`~dnstfo.server.session.TcpSession`, whose contract (bytes, EOF, timer, bytes taken
+and deferred answers in, each with ``now``; bytes to send, FIN, close, what to wait for and
+the next deadline out) the driver follows in one place, ``_service``, after every input.
+The clock is passed in, so tests drive the deadlines without sleeping. Per connection:
 
-- accept: admission against the total and per-client limits (RFC 9210 §4.2; over the
-  limit the connection is closed at once), then TCP_INFO: did the SYN carry data
+- accept: admission against the per-client limit (by address; an IPv6 /64 counts as one
+  client) and the total (RFC 9210 §4.2). When every slot is taken, the longest-idle
+  connection is closed to make room (RFC 7766 §6.2.3), and from half the slots on, the
+  idle timeout shrinks with the slots left. Then TCP_INFO: did the SYN carry data
   (SYN_DATA), was the connection accepted through Fast Open (TFO_CHILD)? Accepted sockets
   inherit TCP_NODELAY from the listener. The socket stays in blocking mode; every recv
   and send passes MSG_DONTWAIT, which saves a syscall per connection.
-- read: the session answers the batch; all answers go out in one send.
-- flow control: while a send is incomplete the connection is not read, only written as it
-  drains (a client that does not read cannot make us buffer without bound); zone
-  transfer messages are written as the socket drains.
-- deadlines: idle and lifetime deadlines sit in one heap with one loop timer, which
-  re-arms no sooner than ``TIMER_GRAIN_NS`` after it fires. An entry is pushed only when
-  a connection's deadline moves earlier than its queued one; later deadlines are found
-  when the entry fires.
-- close: on EOF, an error, a limit or shutdown; after the client closed, nothing more is
-  written (queued transfer messages are dropped).
+- read, then service: one send of what the session has (all answers of a read in one
+  write); the session makes its output lazily within a bound, and reading waits while it
+  is above it. One send per wake-up and connection: a connection with more (a zone
+  transfer, a long pipeline) waits for writability again, after the others.
+- deadlines: idle, lifetime, write-stall and drain deadlines sit in one heap with one loop
+  timer, which re-arms no sooner than ``TIMER_GRAIN_NS`` after it fires. An entry is
+  pushed only when a connection's deadline moves earlier than its queued one; later
+  deadlines are found when the entry fires.
+- close: what the session asks for (see its module); a graceful close sends FIN first and
+  reads (and counts) what the client still sends until it closes, so answers in flight
+  are not destroyed by a reset.
 """
 
 from __future__ import annotations
@@ -35,11 +41,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import heapq
 import logging
 import select
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 from dnstfo.answer.responder import Responder
@@ -47,13 +55,13 @@ from dnstfo.errors import NetworkError
 from dnstfo.kernel.tcpinfo import TcpiOption, tcpi_options
 from dnstfo.server.config import Limits
 from dnstfo.server.querylog import QueryLogger
-from dnstfo.server.session import TcpSession
+from dnstfo.server.session import RECV_SIZE, Deferrer, TcpSession
 from dnstfo.server.stats import Limit, ServerStats
 from dnstfo.wire.connection import CloseReason
 
 log = logging.getLogger(__name__)
 
-_now = time.monotonic_ns
+_INET = socket.AF_INET
 _SYN_DATA = int(TcpiOption.SYN_DATA)
 _TFO = int(TcpiOption.SYN_DATA | TcpiOption.TFO_CHILD)
 _RECV_FLAGS = socket.MSG_DONTWAIT
@@ -61,34 +69,53 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 
-RECV_SIZE = 65536
-"""Bytes read per readiness event (pipelined queries beyond it are read on the next)."""
 ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so a flood of SYNs cannot starve open connections."""
 TIMER_GRAIN_NS = 10_000_000
 """The deadline timer fires at most this often; deadlines are kept to within it."""
 ACCEPT_RETRY_S = 0.5
 """Pause before accepting again when the process is out of descriptors or memory."""
+MIN_IDLE_NS = 1_000_000_000
+"""The idle timeout when every slot is taken (RFC 7766 §6.2.3 allows zero; a second
+still lets a client that just got its answer send the next query)."""
+EVICT_SCAN = 64
+"""Least recently active connections looked at for an idle one to evict when full."""
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class _Connection:
-    """One accepted connection: its socket, its session and what is left to send."""
+    """One accepted connection: its socket and its session."""
 
-    __slots__ = ("client", "events", "fd", "pending", "session", "sock", "timer_at")
+    __slots__ = ("client", "events", "fd", "key", "session", "sock", "timer_at")
 
-    def __init__(self, sock: socket.socket, client: tuple[str, int], session: TcpSession):
+    def __init__(
+        self, sock: socket.socket, client: tuple[str, int], key: object, session: TcpSession
+    ):
         self.sock: socket.socket | None = sock
         """None once closed."""
         self.fd = sock.fileno()
         self.client = client
+        self.key = key
+        """What the per-client limit counts by (the address; an IPv6 /64)."""
         self.session = session
-        self.pending: memoryview | None = None
-        """Bytes a send could not take yet (reading stops until they are written)."""
-        self.events = 0
-        """The epoll events registered (0: not registered yet)."""
+        self.events = -1
+        """The epoll events registered (-1: not registered yet)."""
         self.timer_at: int | None = None
         """The deadline of this connection's live heap entry."""
+
+
+def client_key(address: str) -> object:
+    """What one client is counted by: an IPv4 address, or an IPv6 address's /64 (one
+    host or site usually holds a whole /64, so counting addresses would let it take every
+    slot); IPv4-mapped IPv6 counts as IPv4."""
+    if ":" not in address:
+        return address
+    if address.startswith("::ffff:") and "." in address:
+        return address[7:]
+    try:
+        return socket.inet_pton(socket.AF_INET6, address.split("%", 1)[0])[:8]
+    except OSError:
+        return address
 
 
 class TcpServer:
@@ -99,20 +126,36 @@ class TcpServer:
         limits: connection limits.
         stats: counters to add to.
         query_log: per-query lines.
+        clock: monotonic ns (tests may drive the driver with another).
+        defer: takes forwardable queries to answer later (see :class:`TcpSession`).
     """
 
     def __init__(
-        self, responder: Responder, limits: Limits, stats: ServerStats, query_log: QueryLogger
+        self,
+        responder: Responder,
+        limits: Limits,
+        stats: ServerStats,
+        query_log: QueryLogger,
+        clock: Callable[[], int] = time.monotonic_ns,
+        defer: Deferrer | None = None,
     ) -> None:
         self.responder = responder
         self.limits = limits
         self.stats = stats
         self.query_log = query_log
-        self.per_client: dict[str, int] = {}
-        """Open connections by client address."""
+        self.clock = clock
+        self.defer = defer
+        self.per_client: dict[object, int] = {}
+        """Open connections by client (see :func:`client_key`)."""
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
         self._conns: dict[int, _Connection] = {}
+        self._lru: OrderedDict[int, _Connection] = OrderedDict()
+        """Connections by last activity, least recent first (eviction candidates)."""
+        self._idle_ns = limits.connection.idle_timeout_ns
+        """The idle timeout in force (shorter under load)."""
+        self._swept_ns = self._idle_ns
+        """The idle timeout every connection was last given at once."""
         self._heap: list[tuple[int, int, _Connection]] = []
         self._seq = 0
         """Tie-breaker for heap entries with the same deadline."""
@@ -126,6 +169,10 @@ class TcpServer:
     def connections(self) -> int:
         """Connections open now."""
         return len(self._conns)
+
+    def sessions(self) -> list[TcpSession]:
+        """The sessions of the open connections (for tests and diagnostics)."""
+        return [conn.session for conn in self._conns.values()]
 
     def start(self, listeners: list[socket.socket]) -> None:
         """Accepts connections on ``listeners`` (already listening) from now on."""
@@ -147,9 +194,10 @@ class TcpServer:
         conns = list(self._conns.values())
         if conns:
             self._closed.clear()
+            now = self.clock()
             for conn in conns:
-                conn.session.conn.close(CloseReason.SHUTDOWN)
-                self._settle(conn)
+                conn.session.close(CloseReason.SHUTDOWN, now)
+                self._step(conn, self._service)
             if self._conns:
                 try:
                     await asyncio.wait_for(self._closed.wait(), grace)
@@ -167,10 +215,10 @@ class TcpServer:
 
     def _on_ready(self) -> None:
         conns, listeners = self._conns, self._listeners
-        for fd, _events in self._epoll.poll(0):
+        for fd, events in self._epoll.poll(0):
             conn = conns.get(fd)
             if conn is not None:
-                self._step(conn, self._read if conn.pending is None else self._flush)
+                self._step(conn, self._read if events & _IN else self._service)
             elif fd in listeners:
                 self._accept(listeners[fd])
 
@@ -201,17 +249,18 @@ class TcpServer:
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client = peer[0]
             address = (client, peer[1])  # an IPv6 peer also has flow info and scope
+            key = client if family == _INET else client_key(client)
             limit = None
-            if len(self._conns) >= limits.max_connections:
-                limit = Limit.TOTAL_CONNECTIONS
-            elif per_client.get(client, 0) >= limits.max_per_client:
+            if per_client.get(key, 0) >= limits.max_per_client:
                 limit = Limit.PER_CLIENT
+            elif len(self._conns) >= limits.max_connections and not self._evict():
+                limit = Limit.TOTAL_CONNECTIONS
             if limit is not None:
                 stats.limits[limit] += 1
                 _debug(address, "refused: %s limit", limit.value)
                 sock.close()
                 continue
-            now = _now()
+            now = self.clock()
             stats.tcp_connections += 1
             try:
                 options = tcpi_options(sock)
@@ -228,118 +277,150 @@ class TcpServer:
                 bool(options & _SYN_DATA),
                 stats,
                 self.query_log,
+                self.clock,
+                self.defer,
             )
-            conn = _Connection(sock, address, session)
+            conn = _Connection(sock, address, key, session)
+            session.wake = functools.partial(self._step, conn, self._service)
             self._conns[fd] = conn
-            per_client[client] = per_client.get(client, 0) + 1
+            self._lru[fd] = conn
+            per_client[key] = per_client.get(key, 0) + 1
+            if 2 * len(self._conns) > limits.max_connections:
+                self._load_changed()
             self._step(conn, self._read)  # Fast Open: the SYN's query is already here
-            if conn.sock is not None and conn.timer_at is None:
-                self._arm(conn)
 
     def _read(self, conn: _Connection) -> None:
         sock = conn.sock
         assert sock is not None
+        session = conn.session
         try:
             data = sock.recv(RECV_SIZE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
-            self._watch(conn, _IN)
-            return
+            data = None
         except OSError as exc:  # reset by the client
             _debug(conn.client, "read failed: %s", exc)
             self._close(conn)
             return
-        session = conn.session
-        now = _now()
-        if not data:
+        now = self.clock()
+        if data:
+            session.receive_data(data, now)
+            self._lru.move_to_end(conn.fd)
+        elif data is not None:
             session.receive_eof(now)
-            self._close(conn)  # nothing is written after the client closed
-            return
-        out = session.receive(data, now)
-        if out:
-            self._send(conn, out)
-        self._settle(conn)
-        if conn.sock is not None and (out or session.conn.closing):
-            self._arm(conn)
+        self._service(conn, now)
 
-    def _flush(self, conn: _Connection) -> None:
-        pending = conn.pending
-        assert pending is not None
-        conn.pending = None
-        self._send(conn, pending)
-        self._settle(conn)
+    def tick(self) -> None:
+        """Handles the deadlines due at the clock's time now (what the timer does; tests
+        with an injected clock call it after moving the clock)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._on_timer()
 
-    def _send(self, conn: _Connection, data: bytes | memoryview) -> None:
-        """Sends ``data``, keeping what the socket does not take (call with none pending)."""
+    def _service(self, conn: _Connection, now: int | None = None) -> None:
+        """After every input, the one place that acts on the session's outputs: writes
+        what it has to send (once: big work continues on the next wake-up, after the other
+        connections), closes, sends FIN, sets what to wait for and re-arms the timer."""
         sock = conn.sock
         if sock is None:
             return
-        try:
-            sent = sock.send(data, _SEND_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:  # the client is gone
-            _debug(conn.client, "write failed: %s", exc)
-            self._close(conn)
-            return
-        if sent < len(data):
-            conn.pending = memoryview(data)[sent:]  # a view: no copy of the rest per send
-
-    def _settle(self, conn: _Connection) -> None:
-        """After a read or a write: writes transfer messages the socket can take, closes a
-        finished connection, and sets what to wait for (write while anything is pending,
-        else read)."""
         session = conn.session
-        if session.transfers and conn.pending is None:
-            now = _now()
-            while session.transfers and conn.pending is None and conn.sock is not None:
-                self._send(conn, session.next_transfer_chunk(now))
-            if not session.transfers:
-                self._arm(conn)  # the response is done: the idle timer restarts
-        if conn.sock is None:
-            return
-        if conn.pending is not None:
-            self._watch(conn, _OUT)
-        elif session.finished:
+        if now is None:
+            now = self.clock()
+        data = session.data_to_send()
+        if data:
+            try:
+                sent = sock.send(data, _SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:  # the client is gone
+                _debug(conn.client, "write failed: %s", exc)
+                self._close(conn)
+                return
+            session.data_sent(sent, now)
+        if session.close_expected():
             self._close(conn)
-        else:  # (a closing session has a transfer left, hence pending bytes)
-            self._watch(conn, _IN)
-
-    def _watch(self, conn: _Connection, events: int) -> None:
-        """Waits for ``events`` (EPOLLIN or EPOLLOUT) on the connection from now on."""
-        if events == conn.events:
             return
-        if conn.events:
-            self._epoll.modify(conn.fd, events)
-        else:
-            self._epoll.register(conn.fd, events)
-        conn.events = events
+        if session.eof_to_send():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+            session.eof_sent(now)
+        events = (_IN if session.wants_read() else 0) | (_OUT if session.wants_write() else 0)
+        if events != conn.events:
+            if conn.events < 0:
+                self._epoll.register(conn.fd, events)
+            else:
+                self._epoll.modify(conn.fd, events)
+            conn.events = events
+        session.conn.idle_timeout_ns = self._idle_ns
+        self._arm(conn)
 
     def _close(self, conn: _Connection) -> None:
         sock = conn.sock
         if sock is None:
             return
         conn.sock = None
-        conn.pending = None
         del self._conns[conn.fd]
+        del self._lru[conn.fd]
         sock.close()  # the epoll set forgets the descriptor with it
         session = conn.session
-        session.drop_transfers(_now())
-        reason = session.conn.close_reason
+        if not session.close_expected():  # a bug or shutdown's grace ran out
+            session.receive_eof(self.clock())
+        reason = session.close_reason
         _debug(conn.client, "closed: %s", reason.value if reason else "-")
-        client = conn.client[0]
-        left = self.per_client.get(client, 1) - 1
+        left = self.per_client.get(conn.key, 1) - 1
         if left:
-            self.per_client[client] = left
+            self.per_client[conn.key] = left
         else:
-            del self.per_client[client]
+            del self.per_client[conn.key]
+        if self._idle_ns < self.limits.connection.idle_timeout_ns:
+            self._load_changed()
         if not self._conns:
             self._closed.set()
+
+    # ---- load ----------------------------------------------------------------------------
+
+    def _load_changed(self) -> None:
+        """Sets the idle timeout for the slots in use; when it has halved since every
+        connection last got it, gives it to all of them now (a few sweeps as the server
+        fills up), else each gets it when next serviced."""
+        idle = self._idle_ns = self._idle_for_load()
+        if 2 * idle <= self._swept_ns:
+            self._swept_ns = idle
+            for conn in list(self._conns.values()):
+                conn.session.conn.idle_timeout_ns = idle
+                self._arm(conn)
+        elif idle > self._swept_ns:
+            self._swept_ns = idle
+
+    def _idle_for_load(self) -> int:
+        """The idle timeout for the slots in use: the configured one up to half of the
+        connection limit, then shrinking linearly to ``MIN_IDLE_NS`` when full (RFC 7766
+        §6.2.3: under load a server may close idle connections even at once)."""
+        full = self.limits.max_connections
+        used = len(self._conns)
+        idle = self.limits.connection.idle_timeout_ns
+        if 2 * used <= full:
+            return idle
+        return max(MIN_IDLE_NS, idle * 2 * (full - used) // full)
+
+    def _evict(self) -> bool:
+        """Makes room for one connection by closing the longest-idle one (of the
+        ``EVICT_SCAN`` least recently active); False when none of them is idle."""
+        now = self.clock()
+        for _, conn in zip(range(EVICT_SCAN), self._lru.values(), strict=False):
+            if conn.session.idle:
+                _debug(conn.client, "evicted to admit a new connection")
+                conn.session.close(CloseReason.EVICTED, now)
+                self._close(conn)
+                return True
+        return False
 
     # ---- deadlines -----------------------------------------------------------------------
 
     def _arm(self, conn: _Connection) -> None:
         """Queues the connection's deadline unless an earlier entry will fire first."""
-        deadline = conn.session.conn.deadline()
+        deadline = conn.session.get_timer()
         if deadline is None or (conn.timer_at is not None and conn.timer_at <= deadline):
             return
         conn.timer_at = deadline
@@ -365,12 +446,11 @@ class TcpServer:
                 return  # fires first, and reschedules then
             self._timer.cancel()
         self._timer_at = at
-        # The loop's clock is time.monotonic, the same clock as monotonic_ns.
-        self._timer = self._loop.call_at(at / 1e9, self._on_timer)
+        self._timer = self._loop.call_later((at - self.clock()) / 1e9, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = _now()
+        now = self.clock()
         heap = self._heap
         due: list[_Connection] = []
         while heap and heap[0][0] <= now:
@@ -387,19 +467,12 @@ class TcpServer:
         if heap:
             self._timer_at = max(heap[0][0], now + TIMER_GRAIN_NS)
             assert self._loop is not None
-            self._timer = self._loop.call_at(self._timer_at / 1e9, self._on_timer)
+            self._timer = self._loop.call_later((self._timer_at - now) / 1e9, self._on_timer)
 
     def _expire(self, conn: _Connection) -> None:
-        session = conn.session
-        due = session.handle_timer(_now())
-        # An idle close drops what the client has not read for the whole idle timeout;
-        # any other close first writes what is pending.
-        if due and (conn.pending is None or session.conn.close_reason is CloseReason.IDLE):
-            self._close(conn)
-            return
-        self._settle(conn)  # closing (lifetime) mid-transfer: write the rest, read no more
-        if conn.sock is not None:
-            self._arm(conn)
+        now = self.clock()
+        conn.session.handle_timer(now)
+        self._service(conn, now)
 
     # ---- accepting -----------------------------------------------------------------------
 

@@ -7,13 +7,20 @@ when that deadline passes. Nothing here reads a clock or touches a socket.
 
 - Pipelining (RFC 7766 §6.2.1): any number of queries may arrive in one read; all are
   returned in order, and the driver may answer them in any order.
-- Idle timer (RFC 7766 §6.2.3): the connection is idle when no response is in progress;
-  the timer restarts only when a *whole* message arrives or the last response completes,
-  so a client that drips a byte at a time cannot keep the connection open.
+- Idle timer (RFC 7766 §6.2.3): the connection is idle when no response is in progress
+  and no output waits; the timer restarts only when a *whole* message arrives or the last
+  response is written, so a client that drips a byte at a time cannot keep the connection
+  open. The driver may shorten the timeout under load (``idle_timeout_ns``; the RFC allows
+  zero).
+- Write stall: while output waits, the idle timer is replaced by the write-stall timer,
+  restarted whenever the socket takes a byte: a client that does not read is closed after
+  ``write_stall_ns`` whatever else is going on (a transfer, a lifetime reached), so every
+  close reason ends in a close.
 - Limits (RFC 9210 §4.2, each one configurable): queries per connection and connection
-  lifetime. On the last query allowed, or once the lifetime is over, the connection stops
-  reading, finishes its responses and closes (``closing``); queries past the limit are
-  dropped, not answered.
+  lifetime. When the read that reaches the query limit is in, or once the lifetime is over,
+  the connection stops reading, finishes the responses owed to every query it read, sends
+  FIN and closes when the client closes its side (at most ``drain_ns`` later), so answers
+  in flight are not lost to a reset.
 - edns-tcp-keepalive (RFC 7828 §3.3.2): :meth:`ServerConnection.keepalive` is the
   TIMEOUT to advertise, in units of 100 ms: the idle timeout, shortened by what is left of
   the lifetime, and 0 when the connection is about to close (the client should not send
@@ -52,6 +59,25 @@ class CloseReason(enum.Enum):
     """Bad framing: zero length, too large, or a frame cut short."""
     SHUTDOWN = "shutdown"
     """The server is stopping."""
+    WRITE_STALL = "write stall"
+    """Output was waiting and the socket took no byte of it for the write-stall timeout."""
+    EVICTED = "evicted"
+    """Idle while the server ran out of connection slots (RFC 7766 §6.2.3)."""
+    SERVER_ERROR = "server error"
+    """A response could not be produced (a bug, logged); the stream cannot go on."""
+
+
+GRACEFUL = frozenset(
+    (
+        CloseReason.QUERY_LIMIT,
+        CloseReason.LIFETIME,
+        CloseReason.SHUTDOWN,
+        CloseReason.PROTOCOL_ERROR,
+    )
+)
+"""Reasons that finish the answers owed and send FIN before closing; the others close at
+once (nothing is written after the client closed, an idle or stalled client reads
+nothing, a failed response cannot be resumed)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +88,18 @@ class ConnectionPolicy:
     """Close after this long without a whole message or a response in progress."""
     lifetime_ns: int = 120 * NS_PER_S
     """Stop reading and close this long after the connection opened (0: no limit)."""
-    max_queries: int = 10_000
+    max_queries: int = 0
     """Queries accepted on one connection (0: no limit)."""
     max_message: int = MAX_MESSAGE
     """Largest query accepted; a bigger frame is a protocol error."""
+    write_stall_ns: int = 5 * NS_PER_S
+    """Close when output waits this long with no byte taken by the socket."""
+    drain_ns: int = NS_PER_S
+    """After our FIN (graceful close), wait this long for the client's before closing."""
 
     def __post_init__(self) -> None:
-        if self.idle_timeout_ns <= 0:
-            raise ValueError("the idle timeout must be positive")
+        if self.idle_timeout_ns <= 0 or self.write_stall_ns <= 0 or self.drain_ns <= 0:
+            raise ValueError("the idle and write-stall timeouts must be positive")
         if self.lifetime_ns < 0 or self.max_queries < 0:
             raise ValueError("limits are zero (none) or positive")
 
@@ -83,11 +113,14 @@ class ServerConnection:
     """
 
     __slots__ = (
+        "_busy",
         "_decoder",
+        "_drain_until",
         "_idle_since",
-        "_in_flight",
+        "_stall_since",
         "close_reason",
         "closing",
+        "idle_timeout_ns",
         "opened",
         "policy",
         "queries",
@@ -102,22 +135,28 @@ class ServerConnection:
         """True once no more queries will be read; close when responses are done."""
         self.close_reason: CloseReason | None = None
         """Why the connection is closing (set together with ``closing``)."""
+        self.idle_timeout_ns = policy.idle_timeout_ns
+        """The idle timeout in force: the driver shortens it under load (RFC 7766 §6.2.3)."""
         self._decoder = FrameDecoder(policy.max_message)
         self._idle_since = now
-        self._in_flight = 0
+        self._busy = 0
+        self._stall_since: int | None = None
+        self._drain_until: int | None = None
 
     def receive_data(self, data: bytes, now: int) -> list[bytes]:
         """Feeds received bytes; returns the whole queries they completed, in order.
 
         After the call, check ``closing``: when set, read no more and close once the
-        responses to the returned queries are written (after a bad frame too).
+        responses to the returned queries are written (after a bad frame too). Every
+        query of the read that reaches the query limit is returned: a query that was read
+        is answered.
 
         Args:
             data: bytes as received.
             now: the time of receipt.
 
         Returns:
-            Queries to answer, at most as many as the query limit still allows.
+            Queries to answer (none once ``closing``).
         """
         if self.closing:
             return []
@@ -131,14 +170,22 @@ class ServerConnection:
         if not messages:
             return messages
         self._idle_since = now
-        limit = self.policy.max_queries
-        if limit:
-            room = limit - self.queries
-            if len(messages) >= room:
-                messages = messages[:room]
-                self._close(CloseReason.QUERY_LIMIT)
         self.queries += len(messages)
+        limit = self.policy.max_queries
+        if limit and self.queries >= limit:
+            self._close(CloseReason.QUERY_LIMIT)
         return messages
+
+    def discard(self, data: bytes) -> int:
+        """Counts the whole queries in bytes read after the connection began closing.
+
+        Returns:
+            How many queries ``data`` completed (they are not answered).
+        """
+        try:
+            return len(self._decoder.feed(data))
+        except RemoteProtocolError:
+            return 0
 
     def receive_eof(self) -> bool:
         """Notes the end of the client's stream.
@@ -152,43 +199,91 @@ class ServerConnection:
             cut = False
         except RemoteProtocolError:
             pass
-        self._close(CloseReason.PROTOCOL_ERROR if cut else CloseReason.PEER_CLOSED)
+        self.closing = True
+        self.close_reason = CloseReason.PROTOCOL_ERROR if cut else CloseReason.PEER_CLOSED
         return cut
 
     def response_started(self) -> None:
-        """Notes a response that will take time (a zone transfer): the connection is busy."""
-        self._in_flight += 1
+        """Notes work that will take time (a transfer, a deferred answer): not idle."""
+        self._busy += 1
 
     def response_done(self, now: int) -> None:
-        """Notes that a response started with :meth:`response_started` is written."""
-        self._in_flight -= 1
-        if not self._in_flight:
+        """Notes that work started with :meth:`response_started` is done."""
+        self._busy -= 1
+        if not self._busy:
             self._idle_since = now
+
+    def output_waiting(self, now: int) -> None:
+        """Notes that output is queued for the socket (the write-stall clock starts)."""
+        if self._stall_since is None:
+            self._stall_since = now
+
+    def output_progress(self, now: int, *, done: bool) -> None:
+        """Notes that the socket took bytes; ``done``: no output is left.
+
+        The write-stall clock restarts; when done, so does the idle timer (the last
+        response completed).
+        """
+        if done:
+            self._stall_since = None
+            self._idle_since = now
+        else:
+            self._stall_since = now
+
+    def eof_sent(self, now: int) -> None:
+        """Notes our FIN: the client gets ``drain_ns`` to close its side."""
+        self._drain_until = now + self.policy.drain_ns
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in progress: no output waiting and no pending work."""
+        return not self._busy and self._stall_since is None and not self.closing
+
+    @property
+    def idle_since(self) -> int:
+        """When the connection last had a whole message or finished a response."""
+        return self._idle_since
 
     def deadline(self) -> int | None:
         """The next time :meth:`handle_timer` must be called (absolute ns), or None."""
-        policy = self.policy
-        idle = None if self._in_flight else self._idle_since + policy.idle_timeout_ns
-        if not policy.lifetime_ns or self.closing:
-            return idle
-        end = self.opened + policy.lifetime_ns
-        return end if idle is None or end < idle else idle
+        if self._drain_until is not None:
+            return self._drain_until
+        if self._stall_since is not None:
+            at: int | None = self._stall_since + self.policy.write_stall_ns
+        elif self._busy:
+            at = None
+        else:
+            at = self._idle_since + self.idle_timeout_ns
+        lifetime = self.policy.lifetime_ns
+        if not lifetime or self.closing:
+            return at
+        end = self.opened + lifetime
+        return end if at is None or end < at else at
 
     def handle_timer(self, now: int) -> CloseReason | None:
         """Applies the deadlines at ``now``.
 
         Returns:
-            Why the connection must close now, or None to keep it. A lifetime reached
-            while a response is in progress sets ``closing`` and returns None: close when
-            it is done.
+            Why the connection must close now (idle, write stall, or the client did not
+            close after our FIN), or None to keep it. A lifetime reached sets ``closing``
+            and returns None: finish the answers owed, then close.
         """
-        if not self._in_flight and now >= self._idle_since + self.policy.idle_timeout_ns:
-            self._close(CloseReason.IDLE)
+        if self._drain_until is not None:
+            return self.close_reason if now >= self._drain_until else None
+        stall = self._stall_since
+        if stall is not None:
+            if now >= stall + self.policy.write_stall_ns:
+                self.closing = True
+                self.close_reason = CloseReason.WRITE_STALL
+                return self.close_reason
+        elif not self._busy and now >= self._idle_since + self.idle_timeout_ns:
+            self.closing = True
+            if self.close_reason is None:
+                self.close_reason = CloseReason.IDLE
             return self.close_reason
         lifetime = self.policy.lifetime_ns
         if lifetime and now >= self.opened + lifetime:
             self._close(CloseReason.LIFETIME)
-            return None if self._in_flight else self.close_reason
         return None
 
     def keepalive(self, now: int) -> int:
@@ -198,13 +293,13 @@ class ServerConnection:
         """
         if self.closing:
             return 0
-        timeout = self.policy.idle_timeout_ns
+        timeout = self.idle_timeout_ns
         if self.policy.lifetime_ns:
             timeout = min(timeout, self.opened + self.policy.lifetime_ns - now)
         return max(0, min(MAX_KEEPALIVE, timeout // KEEPALIVE_UNIT_NS))
 
     def close(self, reason: CloseReason) -> None:
-        """Marks the connection as closing for ``reason`` (e.g. server shutdown)."""
+        """Marks the connection as closing for ``reason`` (shutdown, eviction, an error)."""
         self._close(reason)
 
     def _close(self, reason: CloseReason) -> None:

@@ -67,15 +67,46 @@ def test_drip_is_closed_at_the_idle_deadline() -> None:
     assert clock.now_ns() == 2 * NS_PER_S
 
 
-def test_query_limit_keeps_the_allowed_and_drops_the_rest() -> None:
+def test_query_limit_returns_every_query_of_the_read_that_reaches_it() -> None:
     clock = FakeClock()
     c = conn(clock, max_queries=3)
     assert c.receive_data(frame(Q) * 2, 0) == [Q] * 2
     assert c.keepalive(0) > 0
-    assert c.receive_data(frame(Q) * 4, 0) == [Q]
+    assert c.receive_data(frame(Q) * 4, 0) == [Q] * 4  # read, so answered
     assert c.close_reason is CloseReason.QUERY_LIMIT
     assert c.keepalive(0) == 0  # RFC 7828: tell the client to go
     assert c.receive_data(frame(Q), 0) == []
+    assert c.discard(frame(Q) * 2) == 2  # what comes after is counted, not answered
+
+
+def test_write_stall_replaces_the_idle_timer_while_output_waits() -> None:
+    clock = FakeClock()
+    c = conn(clock, idle_timeout_ns=10 * NS_PER_S, write_stall_ns=2 * NS_PER_S, lifetime_ns=0)
+    c.output_waiting(0)
+    assert c.deadline() == 2 * NS_PER_S
+    clock.advance(NS_PER_S)
+    c.output_progress(clock.now_ns(), done=False)  # a byte taken: the stall clock restarts
+    assert c.deadline() == 3 * NS_PER_S
+    clock.advance(2 * NS_PER_S)
+    assert c.handle_timer(clock.now_ns()) is CloseReason.WRITE_STALL
+
+
+def test_a_lifetime_reached_with_output_waiting_leaves_a_future_deadline() -> None:
+    c = ServerConnection(ConnectionPolicy(lifetime_ns=5, write_stall_ns=100), 0)
+    c.output_waiting(1)
+    assert c.handle_timer(5) is None
+    assert c.closing
+    assert c.deadline() == 101  # the write stall, never a deadline in the past
+    assert c.handle_timer(101) is CloseReason.WRITE_STALL
+
+
+def test_after_our_fin_the_client_gets_the_drain_time() -> None:
+    c = ServerConnection(ConnectionPolicy(max_queries=1, drain_ns=7), 0)
+    c.receive_data(frame(Q), 0)
+    c.eof_sent(3)
+    assert c.deadline() == 10
+    assert c.handle_timer(9) is None
+    assert c.handle_timer(10) is CloseReason.QUERY_LIMIT
 
 
 def test_lifetime_waits_for_a_response_in_progress() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from dnstfo.server.config import Limits
 from dnstfo.server.stats import Limit
-from dnstfo.wire.framing import frame
+from dnstfo.wire.framing import FrameDecoder, frame
 from tests.server.conftest import ServerThread, read_messages, tcp_connect
 
 
@@ -83,15 +83,36 @@ def test_idle_timer_not_reset_by_a_drip(make_server) -> None:  # type: ignore[no
     assert elapsed < 1.5  # closed at the idle deadline, not after the whole drip
 
 
-def test_query_limit(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_query_limit_answers_every_query_read(make_server) -> None:  # type: ignore[no-untyped-def]
     server = make_server(limits=Limits.from_seconds(max_queries=3))
     batch = b"".join(frame(query_wire("www.test.example.", i)) for i in range(5))
     with tcp_connect(server.address) as sock:
-        sock.sendall(batch)
+        sock.sendall(batch)  # one read: the limit is passed inside it
         answers = read_messages(sock, 5)
         assert closed_by_server(sock, 5) < 2
-    assert len(answers) == 3
+    assert len(answers) == 5  # every query read is answered, then the server closes
     assert server.server.stats.limits[Limit.QUERIES] == 1
+
+
+def test_query_limit_loses_no_query_uncounted(make_server) -> None:  # type: ignore[no-untyped-def]
+    """A client pipelining past the limit gets every answer of what was read, then FIN
+    (not a reset that would destroy answers in flight); what it sent after is counted."""
+    server = make_server(limits=Limits.from_seconds(max_queries=10))
+    total = 60
+    answers: list[bytes] = []
+    with tcp_connect(server.address) as sock:
+        for i in range(total):  # separate writes, as a pipelining load generator makes
+            sock.send(frame(query_wire("www.test.example.", i)))
+        sock.settimeout(5)
+        decoder = FrameDecoder()
+        while data := sock.recv(65536):  # a reset here would raise and fail the test
+            answers += decoder.feed(data)
+    ids = [int.from_bytes(a[:2], "big") for a in answers]
+    assert ids == list(range(len(ids)))
+    stats = server.server.stats
+    assert 10 <= len(ids) < total
+    dropped = server.call(lambda: stats.dropped)
+    assert len(ids) + dropped == total  # every query answered or counted as dropped
 
 
 def test_lifetime(make_server) -> None:  # type: ignore[no-untyped-def]
