@@ -13,6 +13,8 @@ table-tested. The reasoning follows RFC 7413 and the Linux client (net/ipv4/tcp_
   a cookie (new key) sends a fresh one in the same SYN-ACK.
 - A SYN with data that gets no answer is retransmitted *without* data after the initial
   retransmission timeout (1 s): the answer then takes a timeout plus two round trips.
+  The same holds for a SYN that only asks for a cookie: resent without the option, it
+  is answered without a cookie, so a dropped cookie request does not read as "no cookie".
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ class Outcome(enum.Enum):
     """No cookie was cached; the server sent one, so the next query can use TFO."""
     NO_COOKIE = "no-cookie"
     """No cookie was cached and the server sent none."""
+    COOKIE_REQUEST_DROPPED = "cookie-request-dropped"
+    """No cookie was cached; the SYN asking for one went unanswered and was resent without
+    the option, and no cookie came: something may drop SYNs that carry the TFO option."""
     BLACKHOLE = "blackhole"
     """A cookie was cached but the kernel has switched active TFO off (suspected blackhole)."""
     COOKIE_HELD_BACK = "cookie-held-back"
@@ -137,6 +142,13 @@ def judge(
                 Outcome.COOKIE_RECEIVED,
                 2,
                 "no cookie cached yet; the server sent one, the next query can use TFO",
+            )
+        if retrans:
+            return verdict(
+                Outcome.COOKIE_REQUEST_DROPPED,
+                None,
+                "no cookie cached; the SYN asking for one got no answer, was resent without "
+                "the TFO option and no cookie came (a middlebox may drop SYNs with the option)",
             )
         return verdict(
             Outcome.NO_COOKIE,
