@@ -174,8 +174,10 @@ class Authority:
     def reload(self, directory: Path) -> tuple[Authority, list[ZoneLoadError]]:
         """Loads the directory again, keeping our version of zones whose file now fails.
 
-        A zone whose file was removed is dropped; a zone whose file fails to load stays as it
+        Only files whose bytes changed are parsed; the others keep their zone objects. A
+        zone whose file was removed is dropped; a zone whose file fails to load stays as it
         was (matched by file path). The result replaces this authority in one assignment.
+        Safe to run in another thread: it reads this authority and builds a new one.
 
         Args:
             directory: the zone directory.
@@ -186,7 +188,8 @@ class Authority:
         Raises:
             ZoneLoadError: the directory cannot be listed (keep using this authority).
         """
-        zones, errors = load_zones(directory)
+        known = {zone.path: zone for zone in self.zones.values()}
+        zones, errors = load_zones(directory, known)
         failed = {error.path for error in errors}
         for origin, zone in self.zones.items():
             if str(zone.path) in failed and origin not in zones:

@@ -9,13 +9,18 @@ name and type, the set of names that exist (nodes and empty non-terminals, RFC 4
 the delegation points (zone cuts, RFC 1034 §4.2.1) and the SOA to put in negative answers
 (RFC 2308 §3). The index is built once, so answering never walks the zone.
 
-A broken file becomes a :class:`~dnstfo.errors.ZoneLoadError` naming the file and, when
-dnspython reports it, the line. :func:`load_zones` returns the zones that loaded together with
-the errors, so a reload can keep the previous version of a zone whose file is now broken.
+A broken file becomes a :class:`~dnstfo.errors.ZoneLoadError` naming the file, the line of
+the bad record when dnspython reports one, and the reason in words (dnspython says "Text
+input is malformed." for ``999.1.2.3``; we say "bad IPv4 address '999.1.2.3'").
+:func:`load_zones` returns the zones that loaded together with the errors, so a reload can
+keep the previous version of a zone whose file is now broken. Given the zones already
+loaded, it parses only the files whose bytes changed (a SHA-256 of the file: timestamps
+are too coarse to see a rewrite within the same few milliseconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping
@@ -28,6 +33,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import dns.zone
+import dns.zonefile
 
 from dnstfo.errors import ZoneLoadError
 
@@ -61,6 +67,10 @@ class LoadedZone:
     """The apex SOA as stored."""
     negative_soa: dns.rrset.RRset
     """The SOA for negative answers, TTL = min(SOA TTL, SOA MINIMUM) (RFC 2308 §3)."""
+    records: int = 0
+    """Resource records in the zone."""
+    digest: bytes = b""
+    """SHA-256 of the file's bytes (a reload skips a file whose digest is unchanged)."""
 
     @property
     def serial(self) -> int:
@@ -68,12 +78,13 @@ class LoadedZone:
         return int(self.soa[0].serial)
 
     @classmethod
-    def from_zone(cls, zone: dns.zone.Zone, path: Path) -> LoadedZone:
+    def from_zone(cls, zone: dns.zone.Zone, path: Path, digest: bytes = b"") -> LoadedZone:
         """Indexes a dnspython zone that was read with absolute names.
 
         Args:
             zone: a zone read with ``relativize=False`` whose origin check passed.
             path: the file it came from.
+            digest: the SHA-256 of the file's bytes.
 
         Returns:
             The indexed zone.
@@ -83,12 +94,14 @@ class LoadedZone:
         rrsets: dict[dns.name.Name, dict[int, dns.rrset.RRset]] = {}
         names: set[dns.name.Name] = set()
         cuts: set[dns.name.Name] = set()
+        records = 0
         for name, node in zone.nodes.items():
             by_type: dict[int, dns.rrset.RRset] = {}
             for rdataset in node.rdatasets:
                 rrset = dns.rrset.RRset(name, rdataset.rdclass, rdataset.rdtype, rdataset.covers)
                 rrset.update(rdataset)
                 by_type[rdataset.rdtype] = rrset
+                records += len(rrset)
             if not by_type:
                 continue
             rrsets[name] = by_type
@@ -110,6 +123,8 @@ class LoadedZone:
             cuts=frozenset(cuts),
             soa=soa,
             negative_soa=negative_soa,
+            records=records,
+            digest=digest,
         )
 
 
@@ -142,13 +157,61 @@ def _has_leading_origin(text: str) -> bool:
 def _zone_load_error(
     path: Path, exc: Exception, text: str, origin: dns.name.Name | None
 ) -> ZoneLoadError:
-    """Turns a dnspython exception into a ZoneLoadError, extracting the line when given."""
+    """Turns a dnspython exception into a ZoneLoadError: file, line when given, and the
+    reason in words."""
     message = str(exc) or type(exc).__name__
     match = _LINE_IN_MESSAGE.search(message)
     if match:
         line = _exact_line(text, origin, int(match.group(1)))
-        return ZoneLoadError(str(path), line, match.group(2))
-    return ZoneLoadError(str(path), None, message)
+        lines = text.splitlines()
+        record = lines[line - 1] if 0 < line <= len(lines) else ""
+        return ZoneLoadError(str(path), line, _record_reason(match.group(2), record))
+    if isinstance(exc, dns.zone.NoSOA):
+        message = "no SOA record at the zone's apex"
+    elif isinstance(exc, dns.zone.NoNS):
+        message = "no NS record at the zone's apex"
+    elif isinstance(exc, dns.zonefile.CNAMEAndOtherData):
+        message = "a name holds a CNAME and other data (RFC 1034 §3.6.2 allows the CNAME alone)"
+    where = f" {origin}" if origin is not None else ""
+    return ZoneLoadError(str(path), None, f"zone{where}: {message}")
+
+
+#: dnspython's one message for any malformed field.
+_MALFORMED = str(dns.exception.SyntaxError())
+_ADDRESS_WORDS = {"A": "bad IPv4 address", "AAAA": "bad IPv6 address"}
+
+
+def _record_reason(reason: str, record: str) -> str:
+    """dnspython's reason for a bad record, in words that name the field at fault."""
+    if reason.startswith("unknown rdatatype"):
+        return reason.replace("rdatatype", "record type", 1)
+    rdtype, rdata = _type_and_data(record)
+    if rdtype is None:
+        return reason
+    if reason.strip() == _MALFORMED:
+        return f"{_ADDRESS_WORDS.get(rdtype, f'bad {rdtype} data')} {rdata!r}"
+    if reason.startswith("expecting ") or "ended unexpectedly" in reason:
+        return f"{rdtype} record {rdata!r} is incomplete or malformed ({reason})"
+    if reason.startswith("expected EOL or EOF"):
+        return f"{rdtype} record {rdata!r} has extra fields"
+    return reason
+
+
+def _type_and_data(record: str) -> tuple[str | None, str]:
+    """The type and rdata of one master-file line (owner, TTL and class skipped)."""
+    tokens = record.split(";", 1)[0].split()
+    if record[:1] not in (" ", "\t") and tokens:
+        tokens = tokens[1:]  # the owner
+    for index, token in enumerate(tokens):
+        word = token.upper()
+        if word[:1].isdigit() or word in ("IN", "CH", "HS", "ANY") or word.startswith("CLASS"):
+            continue  # a TTL or a class
+        try:
+            dns.rdatatype.from_text(word)
+        except dns.exception.DNSException:
+            return None, ""
+        return word, " ".join(tokens[index + 1 :])
+    return None, ""
 
 
 def _exact_line(text: str, origin: dns.name.Name | None, reported: int) -> int:
@@ -171,11 +234,13 @@ def _exact_line(text: str, origin: dns.name.Name | None, reported: int) -> int:
     return reported
 
 
-def load_zone_file(path: Path) -> LoadedZone:
+def load_zone_file(path: Path, known: LoadedZone | None = None) -> LoadedZone:
     """Reads and indexes one zone file.
 
     Args:
         path: a master-format file.
+        known: the zone last loaded from this file; returned as is if the file's bytes
+            have not changed since.
 
     Returns:
         The zone.
@@ -184,9 +249,17 @@ def load_zone_file(path: Path) -> LoadedZone:
         ZoneLoadError: the file cannot be read, does not parse, or lacks an apex SOA or NS.
     """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ZoneLoadError(str(path), None, f"cannot read: {exc}") from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ZoneLoadError(str(path), None, f"cannot read: {exc.strerror or exc}") from exc
+    digest = hashlib.sha256(data).digest()
+    if known is not None and known.digest == digest:
+        return known
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ZoneLoadError(str(path), None, f"cannot read: not UTF-8 text ({exc})") from exc
+    origin = None
     try:
         origin = None if _has_leading_origin(text) else origin_from_file_name(path)
         zone = dns.zone.from_text(
@@ -198,7 +271,7 @@ def load_zone_file(path: Path) -> LoadedZone:
         )
     except (dns.exception.DNSException, ValueError) as exc:
         raise _zone_load_error(path, exc, text, origin) from exc
-    return LoadedZone.from_zone(zone, path)
+    return LoadedZone.from_zone(zone, path, digest)
 
 
 def zone_files(directory: Path) -> list[Path]:
@@ -218,7 +291,8 @@ def zone_files(directory: Path) -> list[Path]:
     try:
         entries = sorted(directory.iterdir())
     except OSError as exc:
-        raise ZoneLoadError(str(directory), None, f"cannot list: {exc}") from exc
+        reason = f"cannot list the zone directory: {exc.strerror or exc}"
+        raise ZoneLoadError(str(directory), None, reason) from exc
     return [
         entry
         for entry in entries
@@ -229,15 +303,18 @@ def zone_files(directory: Path) -> list[Path]:
 
 
 def load_zones(
-    directory: Path,
+    directory: Path, known: Mapping[Path, LoadedZone] | None = None
 ) -> tuple[dict[dns.name.Name, LoadedZone], list[ZoneLoadError]]:
     """Loads every zone file of a directory.
 
     A file that fails does not stop the others; two files for the same origin keep the first
-    (in name order) and report the second.
+    (in name order) and report the second. Nothing is logged: the caller reports the errors
+    (once each).
 
     Args:
         directory: the zone directory.
+        known: zones loaded before, by file; a file whose bytes are unchanged is not parsed
+            again and keeps its zone object.
 
     Returns:
         The zones that loaded, by origin, and one error per file that did not.
@@ -245,19 +322,18 @@ def load_zones(
     Raises:
         ZoneLoadError: the directory itself cannot be listed.
     """
+    known = known or {}
     zones: dict[dns.name.Name, LoadedZone] = {}
     errors: list[ZoneLoadError] = []
     for path in zone_files(directory):
         try:
-            zone = load_zone_file(path)
+            zone = load_zone_file(path, known.get(path))
         except ZoneLoadError as exc:
-            log.warning("zone not loaded: %s", exc)
             errors.append(exc)
             continue
         if zone.origin in zones:
             other = zones[zone.origin].path
             errors.append(ZoneLoadError(str(path), None, f"{zone.origin} already in {other}"))
             continue
-        log.info("zone %s serial %d from %s", zone.origin, zone.serial, path)
         zones[zone.origin] = zone
     return zones, errors

@@ -6,7 +6,9 @@ epoll beside the loop (:mod:`~dnstfo.server.tcp`), UDP on the loop's datagram tr
 
 - SIGHUP: reload zones (a zone whose file fails keeps its old version, and the error,
   with file and line, is logged) and the TFO key file (a changed key is installed with
-  the previous one as backup, so cookies already issued stay valid).
+  the previous one as backup, so cookies already issued stay valid). Zone files are
+  parsed in a thread while the loop goes on answering from the current zones; the new
+  generation replaces it in one assignment. Only files whose bytes changed are parsed.
 - SIGTERM / SIGINT: stop listening, let connections finish the answers they owe, close
   them, and log the summary.
 """
@@ -17,23 +19,29 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.responder import Responder, ResponderConfig
+from dnstfo.answer.zones import LoadedZone
 from dnstfo.errors import DnstfoError, UsageError, ZoneLoadError
 from dnstfo.kernel.sockets import TfoKey, listener_key, set_listener_key
 from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.config import Endpoint, ServerConfig
 from dnstfo.server.keys import read_key_file, rotated
-from dnstfo.server.listener import ListenerPair
+from dnstfo.server.listener import ListenerPair, server_accepts_syn_data
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.stats import ServerStats
 from dnstfo.server.tcp import TcpServer
 from dnstfo.server.udp import UdpServer
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 SHUTDOWN_GRACE = 5.0
 """Seconds connections get to finish their answers at shutdown."""
@@ -51,20 +59,76 @@ class ReloadResult:
     """A new TFO key was installed (the old one kept as backup)."""
 
 
-def load_authority(config: ServerConfig) -> Authority:
-    """Loads the zone directory at start-up, logging each broken file.
+RELOAD_SWITCH_INTERVAL = 0.0005
+"""Seconds the reload thread may hold the GIL while the loop waits (``sys.setswitchinterval``;
+Python's default of 5 ms would add up to that to each of the loop's socket calls)."""
 
-    A broken file does not stop the server (a later SIGHUP can load it once fixed).
+
+def load_authority(config: ServerConfig) -> Authority:
+    """Loads the zone directory at start-up, naming each broken file once.
+
+    A broken file does not stop the server while other zones load (a SIGHUP loads it
+    once fixed), but a server without any zone would refuse every query: that is an error.
 
     Raises:
-        ZoneLoadError: the directory cannot be read.
+        ZoneLoadError: the directory cannot be read, holds no zone file, or none loads.
     """
     authority, errors = Authority.load(config.zone_dir)
     for error in errors:
-        log.error("zone file not loaded: %s", error)
+        log.error("zone not loaded: %s", error)
     if not authority.zones:
-        log.warning("no zone loaded from %s: every query gets REFUSED", config.zone_dir)
+        reason = (
+            f"no zone loaded: all {len(errors)} zone files failed (each named above)"
+            if errors
+            else "no zone files in this directory (hidden files and backups are skipped)"
+        )
+        raise ZoneLoadError(str(config.zone_dir), None, reason)
+    for zone in authority.zones.values():
+        _log_zone(zone)
+    failed = f", {len(errors)} files failed" if errors else ""
+    log.info("%d zones loaded from %s%s", len(authority.zones), config.zone_dir, failed)
     return authority
+
+
+def _log_zone(zone: LoadedZone) -> None:
+    log.info(
+        "zone %s serial %d, %d records, from %s", zone.origin, zone.serial, zone.records, zone.path
+    )
+
+
+async def _in_thread(fn: Callable[[], _T]) -> _T:
+    """Runs ``fn`` in a daemon thread (a stop does not wait for it) and awaits its result.
+
+    While it runs, the GIL switch interval is short, so the loop keeps answering promptly.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[_T] = loop.create_future()
+
+    def settle(result: _T | None, error: Exception | None) -> None:
+        if future.done():  # cancelled: the server is stopping
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        result: _T | None = None
+        error: Exception | None = None
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, result, error)
+
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(min(previous, RELOAD_SWITCH_INTERVAL))
+    try:
+        threading.Thread(target=work, name="zone-reload", daemon=True).start()
+        return await future
+    finally:
+        sys.setswitchinterval(previous)
 
 
 class DnsServer:
@@ -94,6 +158,9 @@ class DnsServer:
         self._tcp: TcpServer | None = None
         self._udp: list[UdpServer] = []
         self._key: TfoKey | None = None
+        self._reload_lock = asyncio.Lock()
+        self._reload_queued = False
+        self._tasks: set[asyncio.Task[None]] = set()
         if config.tfo_key_file is not None and listeners:
             with contextlib.suppress(DnstfoError):
                 self._key = listener_key(listeners[0].tcp)
@@ -117,25 +184,64 @@ class DnsServer:
             udp = UdpServer(pair.udp, self.responder, self.stats, self.query_log, self.config.rrl)
             udp.start(loop)
             self._udp.append(udp)
-            log.info("serving %s over TCP (Fast Open) and UDP", pair.endpoint)
-        log.info("%d zones loaded", len(self.responder.authority.zones))
+        tcp = "TCP (Fast Open)" if server_accepts_syn_data() else "TCP without Fast Open"
+        for pair in self.listeners:
+            log.info("serving %s over %s and UDP", pair.endpoint, tcp)
 
-    def reload(self) -> ReloadResult:
-        """Reloads the zones and the key file (what SIGHUP does).
+    def request_reload(self) -> None:
+        """Schedules a reload (what SIGHUP does; call on the loop). One requested while a
+        reload runs follows it, so the files as they are after the request are read."""
+        if self._reload_queued:
+            return
+        self._reload_queued = True
+        task = asyncio.get_running_loop().create_task(self._queued_reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _queued_reload(self) -> None:
+        async with self._reload_lock:
+            self._reload_queued = False
+            await self._reload()
+
+    async def reload(self) -> ReloadResult:
+        """Reloads the zones and the key file; reloads run one at a time.
+
+        The zone files are parsed in a thread; until the new zones are ready, queries are
+        answered from the current ones.
 
         Returns:
             What changed; errors are also logged with file and line.
         """
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadResult:
         authority = self.responder.authority
+        directory = self.config.zone_dir
         try:
-            new, errors = authority.reload(self.config.zone_dir)
+            new, errors = await _in_thread(lambda: authority.reload(directory))
         except ZoneLoadError as exc:
             log.error("reload failed, keeping all zones: %s", exc)
-            return ReloadResult(len(authority.zones), (exc,), False)
+            return ReloadResult(len(authority.zones), (exc,), self._reload_key())
         for error in errors:
-            log.error("zone file not reloaded: %s (the previous version stays)", error)
+            log.error("zone not reloaded: %s (a previous version stays)", error)
+        if not new.zones:
+            log.error("reload failed: no zone would be left; keeping all %d", len(authority.zones))
+            return ReloadResult(len(authority.zones), tuple(errors), self._reload_key())
+        changed = [
+            zone for origin, zone in new.zones.items() if authority.zones.get(origin) is not zone
+        ]
+        for zone in changed:
+            _log_zone(zone)
+        for origin in authority.zones.keys() - new.zones.keys():
+            log.info("zone %s removed (its file is gone)", origin)
         self.responder.use(new)
-        log.info("reloaded: %d zones, %d files failed", len(new.zones), len(errors))
+        log.info(
+            "reloaded: %d zones, %d changed, %d files failed",
+            len(new.zones),
+            len(changed),
+            len(errors),
+        )
         return ReloadResult(len(new.zones), tuple(errors), self._reload_key())
 
     def _reload_key(self) -> bool:
@@ -182,7 +288,7 @@ async def serve_until_signalled(
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
+    loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})

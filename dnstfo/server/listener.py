@@ -115,6 +115,14 @@ def _privileged_port(endpoint: Endpoint, exc: NetworkError) -> DnstfoError:
     )
 
 
+def server_accepts_syn_data() -> bool:
+    """Whether this namespace's kernel accepts data in the SYN on our listeners."""
+    try:
+        return sysctl.server_enabled()
+    except (KernelFeatureError, OSError):
+        return False
+
+
 def warn_if_tfo_off() -> None:
     """Logs a warning with the sysctl to set when this namespace refuses SYN data."""
     try:

@@ -21,6 +21,7 @@ import os
 import signal
 from collections.abc import Callable
 
+from dnstfo.answer.authority import Authority
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.kernel.sysctl import read_counters
@@ -37,13 +38,13 @@ log = logging.getLogger(__name__)
 def _serve(
     config: ServerConfig,
     listeners: list[ListenerPair],
+    authority: Authority,
     *,
     on_ready: Callable[[DnsServer], None] | None,
     report_fd: int | None = None,
 ) -> None:
     """Serves on ``listeners``; a worker reports its counters on ``report_fd``, a single
     process serves the metrics itself."""
-    authority = load_authority(config)
     server = DnsServer(config, listeners, authority)
     if report_fd is None and config.metrics is not None:
         try:
@@ -101,8 +102,11 @@ def run(config: ServerConfig, *, on_ready: Callable[[DnsServer], None] | None = 
 
 
 def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> int:
-    warn_if_tfo_off()
     key = startup_key(config)
+    # Zones before sockets: a server that cannot serve never holds the port, and workers
+    # inherit the zones loaded (and their errors reported) once.
+    authority = load_authority(config)
+    warn_if_tfo_off()
     reuseport = config.reuseport or config.workers > 1
     sets: list[list[ListenerPair]] = []
     try:
@@ -117,9 +121,9 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
                 pair.close()
         raise
     if config.workers == 1:
-        _serve(config, sets[0], on_ready=on_ready)
+        _serve(config, sets[0], authority, on_ready=on_ready)
         return 0
-    return _supervise(config, sets, on_ready)
+    return _supervise(config, sets, authority, on_ready)
 
 
 def _die_with_parent() -> None:
@@ -134,6 +138,7 @@ def _die_with_parent() -> None:
 def _supervise(
     config: ServerConfig,
     sets: list[list[ListenerPair]],
+    authority: Authority,
     on_ready: Callable[[DnsServer], None] | None,
 ) -> int:
     """Forks one worker per socket set, serves their summed metrics and relays signals
@@ -168,7 +173,7 @@ def _supervise(
                     os.close(read_end)
                     if i != index:
                         os.close(write_end)
-                _serve(config, pairs, on_ready=on_ready, report_fd=pipes[index][1])
+                _serve(config, pairs, authority, on_ready=on_ready, report_fd=pipes[index][1])
             except BaseException:
                 log.exception("worker %d failed", index)
                 code = 1

@@ -130,3 +130,48 @@ def test_error_line_is_the_bad_record_wherever_the_tokenizer_stopped(
         load_zone_file(path)
     assert caught.value.line == 5
     assert str(caught.value).startswith(f"{path}:5: ")
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("www IN A 999.1.2.3", "bad IPv4 address '999.1.2.3'"),
+        ("www 300 IN AAAA 1::2::3", "bad IPv6 address '1::2::3'"),
+        ("www IN MX 10", "MX record '10' is incomplete or malformed (expecting an identifier)"),
+        ("www IN A 192.0.2.1 extra", "A record '192.0.2.1 extra' has extra fields"),
+        ("www IN BOGUS x", "unknown record type 'BOGUS'"),
+    ],
+)
+def test_error_reason_in_words(tmp_path: Path, bad: str, reason: str) -> None:
+    path = tmp_path / "t.example.zone"
+    path.write_text(GOOD.format(serial=1) + bad + "\n")
+    with pytest.raises(ZoneLoadError) as caught:
+        load_zone_file(path)
+    assert str(caught.value) == f"{path}:5: {reason}"
+
+
+def test_missing_soa_names_the_zone(tmp_path: Path) -> None:
+    path = tmp_path / "t.example.zone"
+    path.write_text("$TTL 60\n@ NS ns\nns A 192.0.2.1\n")
+    with pytest.raises(ZoneLoadError) as caught:
+        load_zone_file(path)
+    assert str(caught.value) == f"{path}: zone t.example.: no SOA record at the zone's apex"
+
+
+def test_reload_parses_only_changed_files(tmp_path: Path) -> None:
+    (tmp_path / "same.test").write_text(GOOD.format(serial=1))
+    (tmp_path / "edit.test").write_text(GOOD.format(serial=1))
+    first, _ = Authority.load(tmp_path)
+    # Same size, written at once: only the bytes tell the change apart.
+    (tmp_path / "edit.test").write_text(GOOD.format(serial=2))
+    second, errors = first.reload(tmp_path)
+    assert errors == []
+    assert second.zones[name("same.test")] is first.zones[name("same.test")]
+    assert second.zones[name("edit.test")] is not first.zones[name("edit.test")]
+    assert second.zones[name("edit.test")].serial == 2
+
+
+def test_record_count(tmp_path: Path) -> None:
+    path = tmp_path / "t.test"
+    path.write_text(GOOD.format(serial=1) + "www A 192.0.2.2\nwww A 192.0.2.3\n")
+    assert load_zone_file(path).records == 5

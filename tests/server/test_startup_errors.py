@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from dnstfo.kernel.sysctl import read_sysctl
-from tests.server.serveproc import free_port, run_serve, write_zone
+from tests.server.serveproc import ServeProcess, address_of, free_port, run_serve, write_zone
 
 NOBODY = 65534
 
@@ -37,21 +38,68 @@ def test_metrics_port_in_use_single_process(tmp_path: Path) -> None:
     assert "EADDRINUSE" in line
 
 
-def test_privileged_port_as_unprivileged_user_names_the_capability(tmp_path: Path) -> None:
+def test_privileged_port_as_unprivileged_user_names_the_capability() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root to drop to an unprivileged user")
     first = int(read_sysctl("net.ipv4.ip_unprivileged_port_start"))
     if first <= 53:
         pytest.skip(f"port 53 is not privileged here (ip_unprivileged_port_start={first})")
-    zones = tmp_path / "zones"
-    write_zone(zones)
     if shutil.which("setpriv") is None:
         pytest.skip("needs setpriv (util-linux) to drop privileges")
-    zones.chmod(0o755)
-    tmp_path.chmod(0o755)
     drop = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
-    status, err = run_serve(["--zone", str(zones), "--listen", "127.0.0.1:53"], prefix=drop)
+    with tempfile.TemporaryDirectory(prefix="dtfo-zones-") as readable:  # pytest's is 0700
+        os.chmod(readable, 0o755)
+        zones = Path(readable) / "zones"
+        write_zone(zones)
+        status, err = run_serve(["--zone", str(zones), "--listen", "127.0.0.1:53"], prefix=drop)
     assert status == 1, err
     line = error_line(err)
     assert "EACCES" in line
     assert "root or with CAP_NET_BIND_SERVICE" in line
+
+
+def zone_args(zones: Path) -> list[str]:
+    return ["--zone", str(zones), "--listen", f"127.0.0.1:{free_port()}"]
+
+
+def test_missing_zone_directory(tmp_path: Path) -> None:
+    status, err = run_serve(zone_args(tmp_path / "nope"))
+    assert status == 1, err
+    assert error_line(err).endswith(
+        "nope: cannot list the zone directory: No such file or directory"
+    )
+
+
+def test_empty_zone_directory(tmp_path: Path) -> None:
+    (tmp_path / ".hidden").write_text("not a zone")
+    status, err = run_serve(zone_args(tmp_path))
+    assert status == 1, err
+    assert "no zone files in this directory" in error_line(err)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_zone_broken_refuses_to_start_naming_each_once(tmp_path: Path, workers: int) -> None:
+    (tmp_path / "a.test").write_text("$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 999.1.2.3\n")
+    (tmp_path / "b.test").write_text("$TTL 60\n@ NS ns\n")
+    status, err = run_serve([*zone_args(tmp_path), "--workers", str(workers)])
+    assert status == 1, err
+    assert "no zone loaded: all 2 zone files failed" in error_line(err)
+    assert sum("a.test" in line for line in err.splitlines()) == 1
+    assert f"{tmp_path / 'a.test'}:4: bad IPv4 address '999.1.2.3'" in err
+    assert sum("b.test" in line for line in err.splitlines()) == 1
+    assert "no SOA record" in err
+    assert "serving" not in err
+    assert "Fast Open" not in err
+
+
+def test_partly_broken_directory_serves_the_good_zones(tmp_path: Path) -> None:
+    zones = tmp_path / "zones"
+    write_zone(zones)
+    (zones / "broken.test").write_text("$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nw AAAA 1::2::3\n")
+    port = free_port()
+    with ServeProcess(["--zone", str(zones), "--listen", f"127.0.0.1:{port}"]) as server:
+        assert address_of(server.first_answer(port)) == "192.0.2.7"
+        assert server.stop() == 0
+    assert server.count("broken.test") == 1
+    assert server.count(r"broken.test:4: bad IPv6 address '1::2::3'") == 1
+    assert server.count(r"zone t\.example\. serial 1, 4 records, from .*t\.example\.zone") == 1
