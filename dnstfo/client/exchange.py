@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -160,6 +161,48 @@ class Exchange:
     def _rearm(self, now: int) -> None:
         if self.per_phase:
             self.deadline_ns = now + int(self.timeout * 1e9)
+
+
+def question_of(wire: bytes) -> bytes:
+    """The question section of a query we built (one question, uncompressed name).
+
+    Raises:
+        ValueError: ``wire`` holds no whole question.
+    """
+    pos = 12
+    while True:
+        if pos >= len(wire):
+            raise ValueError("no whole question in the query")
+        n = wire[pos]
+        pos += 1 + n
+        if n == 0:
+            break
+    if pos + 4 > len(wire):
+        raise ValueError("no whole question in the query")
+    return wire[12 : pos + 4]
+
+
+def check_header(query_id: int, question: bytes, message: bytes) -> int:
+    """Checks a response against its query without parsing the records; returns its RCODE.
+
+    The light check for many exchanges: the ID, the QR bit and the question (name
+    compared without case, RFC 4343; type and class exactly) must match. The records
+    themselves are not parsed (``check`` does that, for ``dnstfo query``).
+
+    Raises:
+        RemoteProtocolError: too short, not a response, or ID or question differ.
+    """
+    if len(message) < 12:
+        raise RemoteProtocolError(f"a {len(message)}-byte message is shorter than a DNS header")
+    mid, flags, qdcount = struct.unpack_from("!HHH", message)
+    if not flags & 0x8000:
+        raise RemoteProtocolError("the server sent a query, not a response")
+    if mid != query_id:
+        raise RemoteProtocolError(f"response ID {mid} does not match query ID {query_id}")
+    got = message[12 : 12 + len(question)]
+    if qdcount != 1 or got[:-4].lower() != question[:-4].lower() or got[-4:] != question[-4:]:
+        raise RemoteProtocolError("the response's question does not match the query's")
+    return int(flags) & 0xF
 
 
 @dataclass(frozen=True, slots=True)

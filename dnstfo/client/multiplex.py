@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from dnstfo.client.config import QueryConfig
-from dnstfo.client.exchange import Exchange, open_connection, pending_error
+from dnstfo.client.exchange import (
+    Exchange,
+    check_header,
+    open_connection,
+    pending_error,
+    question_of,
+)
 from dnstfo.client.report import Fallback
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
@@ -59,7 +65,9 @@ class Outcome:
     info: TcpInfo | None
     """TCP_INFO at the end (answer or failure; None: no socket)."""
     response: dns.message.Message | None
-    """The checked response, or None."""
+    """The checked response, or None (also when only the header was checked)."""
+    rcode: int | None
+    """The response's RCODE (header bits), or None without a checked response."""
     response_size: int
     """Response size in bytes (0 without one)."""
     error: DnstfoError | None
@@ -81,6 +89,7 @@ class _Flight:
         "ex",
         "fallback",
         "in_syn",
+        "question",
         "reason",
         "sock",
         "wall",
@@ -98,6 +107,7 @@ class _Flight:
         self.fallback = Fallback.NONE
         self.reason: str | None = None
         self.at_connect: TcpInfo | None = None
+        self.question = b""
 
 
 class Multiplexer:
@@ -106,11 +116,16 @@ class Multiplexer:
     Args:
         clock: the monotonic clock (tests inject one).
         per_phase: each phase gets the config's timeout (else the whole exchange does).
+        parse: parse every response with dnspython (``Outcome.response``); False checks
+            only its header and question (``check_header``), much cheaper per exchange.
     """
 
-    def __init__(self, clock: Clock | None = None, *, per_phase: bool = True) -> None:
+    def __init__(
+        self, clock: Clock | None = None, *, per_phase: bool = True, parse: bool = True
+    ) -> None:
         self._clock = clock or MonotonicClock()
         self._per_phase = per_phase
+        self._parse = parse
         self._sel = selectors.DefaultSelector()
         self._heap: list[tuple[int, int, _Flight]] = []
         self._seq = itertools.count()
@@ -119,21 +134,38 @@ class Multiplexer:
     def __len__(self) -> int:
         return len(self._live)
 
-    def start(self, config: QueryConfig, query: dns.message.Message, done: Done) -> None:
+    def start(
+        self,
+        config: QueryConfig,
+        query: dns.message.Message,
+        done: Done,
+        *,
+        wire: bytes | None = None,
+    ) -> None:
         """Opens a connection for ``query`` to ``config.server``; ``done`` gets its outcome.
 
         ``done`` is called from ``start`` itself when the connection fails at once, else
         from a later ``poll``. It may start further exchanges.
+
+        Args:
+            config: server, port, TFO method and timeout.
+            query: the query.
+            done: told the outcome.
+            wire: ``query`` in wire form, when the caller already has it (saves rendering
+                it again for every connection of the same query).
         """
         wall = time.time()
         now = self._clock.now_ns()
-        ex = Exchange(query, query.to_wire(), config.timeout, now, per_phase=self._per_phase)
+        wire = query.to_wire() if wire is None else wire
+        ex = Exchange(query, wire, config.timeout, now, per_phase=self._per_phase)
         try:
             opening = open_connection(config, ex.data)
         except DnstfoError as exc:
             done(_failed(config, ex, exc, wall))
             return
         flight = _Flight(config, ex, opening.sock, done, wall)
+        if not self._parse:
+            flight.question = question_of(wire)
         flight.in_syn, flight.fallback, flight.reason = (
             opening.in_syn,
             opening.fallback,
@@ -189,7 +221,7 @@ class Multiplexer:
                 self._sel.modify(sock, selectors.EVENT_READ, flight)
             self._read(flight)
         except DnstfoError as exc:
-            self._finish(flight, None, 0, exc)
+            self._finish(flight, None, None, 0, exc)
 
     def _read(self, flight: _Flight) -> None:
         ex, sock = flight.ex, flight.sock
@@ -205,7 +237,12 @@ class Multiplexer:
             if first:
                 self._requeue(flight)
             if messages:
-                self._finish(flight, ex.check(messages[0]), len(messages[0]), None)
+                if self._parse:
+                    response = ex.check(messages[0])
+                    self._finish(flight, response, response.rcode(), len(messages[0]), None)
+                else:
+                    rcode = check_header(ex.query.id, flight.question, messages[0])
+                    self._finish(flight, None, rcode, len(messages[0]), None)
                 return
 
     def _requeue(self, flight: _Flight) -> None:
@@ -216,7 +253,7 @@ class Multiplexer:
         while self._heap and self._heap[0][0] <= now:
             deadline, _, flight = heapq.heappop(self._heap)
             if flight in self._live and deadline == flight.ex.deadline_ns:
-                self._finish(flight, None, 0, flight.ex.timeout_error())
+                self._finish(flight, None, None, 0, flight.ex.timeout_error())
 
     def _drop(self, flight: _Flight) -> None:
         self._live.discard(flight)
@@ -228,6 +265,7 @@ class Multiplexer:
         self,
         flight: _Flight,
         response: dns.message.Message | None,
+        rcode: int | None,
         size: int,
         error: DnstfoError | None,
     ) -> None:
@@ -250,6 +288,7 @@ class Multiplexer:
                 at_connect=flight.at_connect,
                 info=info,
                 response=response,
+                rcode=rcode,
                 response_size=size,
                 error=error,
                 wall_started=flight.wall,
@@ -269,6 +308,7 @@ def _failed(config: QueryConfig, ex: Exchange, error: DnstfoError, wall: float) 
         at_connect=None,
         info=None,
         response=None,
+        rcode=None,
         response_size=0,
         error=error,
         wall_started=wall,

@@ -219,10 +219,18 @@ def cookie_for(daddr: str, saddr: str | None = None) -> bytes | None:
     return None
 
 
+def _packed(address: str, v4: int, v6: int) -> bytes:
+    # inet_pton rather than ipaddress: the probe builds these for every connection.
+    try:
+        return _attr(v4, socket.inet_pton(socket.AF_INET, address))
+    except OSError:
+        return _attr(v6, socket.inet_pton(socket.AF_INET6, address))
+
+
 def _pair_attrs(daddr: str, saddr: str | None) -> bytes:
-    attrs = _addr_attrs(daddr, ATTR_ADDR_IPV4, ATTR_ADDR_IPV6)
+    attrs = _packed(daddr, ATTR_ADDR_IPV4, ATTR_ADDR_IPV6)
     if saddr is not None:
-        attrs += _addr_attrs(saddr, ATTR_SADDR_IPV4, ATTR_SADDR_IPV6)
+        attrs += _packed(saddr, ATTR_SADDR_IPV4, ATTR_SADDR_IPV6)
     return attrs
 
 
@@ -240,23 +248,29 @@ class Cache:
     def __init__(self) -> None:
         self._nl = _Genl()
 
-    def get(self, daddr: str, saddr: str | None = None) -> TcpMetricsEntry | None:
-        """The entry for (source, destination), or None when nothing is cached.
-
-        Without ``saddr`` the kernel returns the first entry for the destination.
-        """
+    def _get(self, daddr: str, saddr: str | None) -> bytes | None:
         try:
             replies = self._nl.request(self._nl.family, CMD_GET, _pair_attrs(daddr, saddr), 0)
         except NetworkError as exc:
             if exc.errno == errno.ESRCH:
                 return None
             raise
-        return _entry(replies[0]) if replies else None
+        return replies[0] if replies else None
+
+    def get(self, daddr: str, saddr: str | None = None) -> TcpMetricsEntry | None:
+        """The entry for (source, destination), or None when nothing is cached.
+
+        Without ``saddr`` the kernel returns the first entry for the destination.
+        """
+        attrs = self._get(daddr, saddr)
+        return None if attrs is None else _entry(attrs)
 
     def cookie(self, daddr: str, saddr: str | None = None) -> bytes | None:
         """The Fast Open cookie cached for (source, destination), or None."""
-        entry = self.get(daddr, saddr)
-        return None if entry is None else entry.cookie
+        attrs = self._get(daddr, saddr)
+        if attrs is None:
+            return None
+        return next((v for k, v in _attrs(attrs) if k == ATTR_FOPEN_COOKIE and v), None)
 
     def delete(self, daddr: str, saddr: str | None = None) -> None:
         """Deletes the entry for (source, destination); every source's without ``saddr``.

@@ -170,12 +170,22 @@ class _Host:
 
 
 class _TargetRun:
-    __slots__ = ("base_config", "cookie_deleted", "done", "forgotten", "query", "source", "target")
+    __slots__ = (
+        "base_config",
+        "cookie_deleted",
+        "done",
+        "forgotten",
+        "query",
+        "source",
+        "target",
+        "wire",
+    )
 
     def __init__(self, target: Target, base_config: QueryConfig, source: str | None) -> None:
         self.target = target
         self.base_config = base_config
         self.query = build_query(base_config)
+        self.wire = self.query.to_wire()
         self.source = source
         self.done: list[ConnectionObservation] = []
         self.forgotten = False
@@ -211,7 +221,7 @@ def observe(
     else:
         retrans = info.total_retrans if info is not None else 0
     times = outcome.times
-    answered = outcome.response is not None
+    answered = outcome.rcode is not None
     timings = Timings.measure(
         times.ms(times.connected),
         times.ms(times.first_byte),
@@ -236,9 +246,7 @@ def observe(
         total_ms=timings.total_ms,
         rtt_ms=timings.rtt_ms,
         rounds=timings.rounds,
-        rcode=(
-            dns.rcode.to_text(outcome.response.rcode()) if outcome.response is not None else None
-        ),
+        rcode=None if outcome.rcode is None else dns.rcode.to_text(dns.rcode.Rcode(outcome.rcode)),
         failure=None if error is None else failure_of(error),
         error=None if error is None else str(error),
         started=outcome.wall_started,
@@ -276,7 +284,7 @@ def probe_targets(
         cache = None
     host = _Host(clock, clearable=cache is not None and config.plan.forget_cookie)
     cookies = CookieReader(cache)
-    mux = Multiplexer(clock, per_phase=True)
+    mux = Multiplexer(clock, per_phase=True, parse=False)
     finished: collections.deque[ProbeRecord] = collections.deque()
     waiting: collections.deque[tuple[_TargetRun, Step]] = collections.deque()
     interval = 0 if config.rate is None else int(1e9 / config.rate)
@@ -333,7 +341,7 @@ def probe_targets(
             run.done.append(observe(step, outcome, before, after))
             advance(run)
 
-        mux.start(cfg, run.query, done)
+        mux.start(cfg, run.query, done, wire=run.wire)
 
     def record_of(run: _TargetRun) -> ProbeRecord:
         conns = tuple(run.done)

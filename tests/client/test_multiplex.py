@@ -130,3 +130,20 @@ def test_a_reply_that_is_not_dns_is_a_protocol_error() -> None:
         mux.close()
         t.join(5)
     assert isinstance(out.error, RemoteProtocolError)
+
+
+def test_header_check_mode_gives_rcodes_without_parsing(served: tuple[str, int]) -> None:
+    host, port = served
+    names = ["www.test.example.", "nothere.test.example.", "example.org."]
+    configs = [
+        QueryConfig(qname=names[i % 3], server=host, port=port, timeout=20) for i in range(300)
+    ]
+    mux = Multiplexer(parse=False)
+    try:
+        out = run_all(mux, configs)
+    finally:
+        mux.close()
+    assert [o.error for o in out if o.error] == []
+    assert all(o.response is None for o in out)
+    by_name = {o.config.qname: o.rcode for o in out}
+    assert by_name == {"www.test.example.": 0, "nothere.test.example.": 3, "example.org.": 5}
