@@ -27,6 +27,10 @@ Theory of operation, in the order the checks run:
 The hot path is the cache (see ``cache``): a plain query whose bytes were seen before, with
 the same transport and size limit, gets the stored response with its ID patched in, without
 any dnspython parsing. Replacing the authority (a reload) starts an empty cache.
+
+On a miss, a plain query for a name or type that does not exist is answered from the
+negative index (see ``negative``), again without dnspython, and not cached: random names
+(a cache-busting flood) would otherwise evict the answers other clients reuse.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import dns.rrset
 
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.cache import AnswerCache, CachedAnswer, cache_key
+from dnstfo.answer.negative import NegativeIndex
 from dnstfo.answer.rcode import parse_failure_rcode, rcode_for
 from dnstfo.answer.transfer import Network, axfr_allowed, iter_axfr_messages
 from dnstfo.wire.framing import MAX_MESSAGE
@@ -114,6 +119,9 @@ class ResponderConfig:
     """Answers kept in the wire cache; 0 disables it."""
     axfr_allow: tuple[Network, ...] = ()
     """Networks that may transfer zones over TCP; empty allows nobody."""
+    negative_index: bool = True
+    """Answer NXDOMAIN and NODATA from the precomputed index (see ``negative``); False
+    renders them with dnspython like every other answer (for comparison)."""
 
 
 class Responder:
@@ -135,7 +143,15 @@ class Responder:
         self.config = config or ResponderConfig()
         self._udp_max = self.config.udp_payload
         self._udp_default = self.config.udp_default
-        self._current = (authority, AnswerCache(authority.generation, self.config.cache_size))
+        self._current = self._generation(authority)
+
+    def _generation(
+        self, authority: Authority
+    ) -> tuple[Authority, AnswerCache, NegativeIndex | None]:
+        """What belongs to one authority generation: an empty cache and the negative index."""
+        cache = AnswerCache(authority.generation, self.config.cache_size)
+        negatives = NegativeIndex(authority) if self.config.negative_index else None
+        return authority, cache, negatives
 
     @property
     def authority(self) -> Authority:
@@ -153,7 +169,7 @@ class Responder:
         Args:
             authority: typically the result of ``Authority.reload``.
         """
-        self._current = (authority, AnswerCache(authority.generation, self.config.cache_size))
+        self._current = self._generation(authority)
 
     def respond(
         self,
@@ -174,7 +190,7 @@ class Responder:
         Returns:
             The reply: send ``wire`` (if not None) then each of ``more``, framed for TCP.
         """
-        authority, cache = self._current
+        authority, cache, negatives = self._current
         key = cache_key(wire, transport is _TCP, self._udp_max, self._udp_default)
         if key is not None:
             hit = cache.get(key)
@@ -191,6 +207,10 @@ class Responder:
                         hit.forwardable,
                     ),
                 )
+            if negatives is not None:
+                negative = negatives.answer(wire, key[-2] << 8 | key[-1], self._udp_max)
+                if negative is not None:
+                    return Reply(*negative)  # not cached: see the module docstring
         reply = self._respond_uncached(wire, transport, from_syn_data, client, authority)
         if key is not None:
             entry = _cache_entry(reply)

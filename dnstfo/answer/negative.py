@@ -1,0 +1,251 @@
+"""Negative answers (NXDOMAIN, NODATA) without parsing or rendering a message.
+
+Why: names that do not exist are where caching cannot help (every random name is a new
+cache key), so "cache-busting" floods of random names all take this path. dnspython's
+parse, build and render cost about 200 µs a query here; this path costs a few tens.
+
+Theory of operation. It runs only for queries that :func:`~dnstfo.answer.cache.cache_key`
+accepted, so their shape is known: header, one question of plain labels, optionally one
+OPT of version 0. Then:
+
+1. Class IN, a type other than DS (a DS at an apex is the parent zone's, see
+   ``authority``) and the longest of our zone origins that contains QNAME (from a map
+   keyed by lower-case labels, built once per authority generation). Anything else: None,
+   and the caller takes the full path.
+2. The zone's names, cuts and types, indexed by lower-case label tuples, decide as
+   :func:`~dnstfo.answer.authority.lookup` does (the walk from the apex, zone cuts,
+   wildcards, empty non-terminals, CNAME), without building ``dns.name.Name`` objects;
+   only NXDOMAIN and NODATA are answered here, anything else takes the full path.
+3. The response is written byte by byte as dnspython's renderer would write it (the test
+   compares the two on every name of the example zones): the query's ID, QR, AA, RD and CD
+   (RFC 4035 §3.1.6), the RCODE; the question as asked (RFC 4343 §4: case kept); the
+   zone's SOA with TTL min(SOA TTL, MINIMUM) in authority (RFC 2308 §3), names compressed
+   against the question exactly as dnspython does (RFC 1035 §4.1.4); our OPT when the
+   query had one (our payload size, DO echoed, RFC 3225 §3).
+4. A response larger than the client's limit returns None (the full path truncates).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import dns.name
+import dns.rcode
+import dns.rdatatype
+
+from dnstfo.answer.authority import Authority, Outcome
+from dnstfo.answer.zones import LoadedZone
+
+_IN = 1
+_DS = int(dns.rdatatype.DS)
+_ANY = int(dns.rdatatype.ANY)
+_CNAME_TYPE = int(dns.rdatatype.CNAME)
+_ANSWER, _CNAME, _REFERRAL = Outcome.ANSWER, Outcome.CNAME, Outcome.REFERRAL
+#: Labels that dnspython writes as they are (no escapes).
+_PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_*-]+")
+_QR_AA = 0x8400
+_RD_CD = 0x0110  # RD and CD, echoed from the query
+_NXDOMAIN, _NODATA = Outcome.NXDOMAIN, Outcome.NODATA
+_HEADER = 12
+_MAX_POINTER = 0x3FFF
+#: Type SOA, class IN.
+_SOA_IN = b"\x00\x06\x00\x01"
+#: The OPT RR up to its CLASS field: root owner, type 41.
+_OPT_HEAD = b"\x00\x00\x29"
+_DO = 0x80  # the DO bit, in the high byte of the OPT flags
+
+Labels = tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _ZoneIndex:
+    """One zone keyed by lower-case label tuples, and its SOA cut where compression decides."""
+
+    depth: int
+    """Labels in the origin, root included."""
+    types: Mapping[Labels, frozenset[int]]
+    """The types at each name that exists; empty for empty non-terminals."""
+    cuts: frozenset[Labels]
+    """Delegation points below the apex."""
+    origin: Labels
+    """The origin's labels as stored (written when the question does not contain it)."""
+    ttl: bytes
+    """The negative TTL, 4 bytes (RFC 2308 §3)."""
+    mname: Labels
+    """The primary server's name."""
+    rname: Labels
+    """The responsible mailbox's name."""
+    numbers: bytes
+    """SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM: 20 bytes."""
+
+    def outcome(self, name: Labels, qtype: int) -> Outcome:
+        """What :func:`~dnstfo.answer.authority.lookup` finds for ``name`` (lower case)."""
+        types = self.types
+        cuts = self.cuts
+        encloser = name[len(name) - self.depth :]
+        for count in range(self.depth + 1, len(name) + 1):
+            ancestor = name[len(name) - count :]
+            if ancestor not in types:
+                wildcard = types.get((b"*", *encloser))  # only one that owns records counts
+                return _at_node(wildcard, qtype) if wildcard else _NXDOMAIN
+            if ancestor in cuts and not (count == len(name) and qtype == _DS):
+                return _REFERRAL
+            encloser = ancestor
+        return _at_node(types[name], qtype)
+
+
+class NegativeIndex:
+    """The zones of one authority generation, keyed for negative answers.
+
+    Args:
+        authority: the zones.
+    """
+
+    __slots__ = ("_authority", "_zones")
+
+    def __init__(self, authority: Authority) -> None:
+        self._authority = authority
+        self._zones: Mapping[Labels, _ZoneIndex] = {
+            _lower(origin.labels): _index(zone) for origin, zone in authority.zones.items()
+        }
+
+    def answer(
+        self, wire: bytes, limit: int, our_payload: int
+    ) -> tuple[bytes, dns.rcode.Rcode, str, int] | None:
+        """The NXDOMAIN or NODATA response to a plain query, or None (take the full path).
+
+        Args:
+            wire: a query that ``cache_key`` accepted.
+            limit: the size the response must fit (the cache key's limit).
+            our_payload: our EDNS UDP payload size, for our OPT.
+
+        Returns:
+            The response, its RCODE, the question name as text and the question type;
+            or None.
+        """
+        labels, qend = _question(wire)
+        if wire[qend - 2] or wire[qend - 1] != _IN:
+            return None
+        qtype = wire[qend - 4] << 8 | wire[qend - 3]
+        if qtype == _DS:
+            return None
+        lowered = _lower(labels)
+        soa = None
+        for start in range(len(lowered)):
+            soa = self._zones.get(lowered[start:])
+            if soa is not None:
+                break
+        if soa is None:
+            return None
+        found = soa.outcome(lowered, qtype)
+        if found is _NXDOMAIN:
+            rcode = dns.rcode.NXDOMAIN
+        elif found is _NODATA:
+            rcode = dns.rcode.NOERROR
+        else:
+            return None
+        edns = len(wire) > qend
+        flags = _QR_AA | ((wire[2] << 8 | wire[3]) & _RD_CD) | rcode
+        out = bytearray(wire[:2])
+        out += flags.to_bytes(2, "big")
+        out += b"\x00\x01\x00\x00\x00\x01\x00\x01" if edns else b"\x00\x01\x00\x00\x00\x01\x00\x00"
+        out += wire[_HEADER:qend]
+        compress = _question_suffixes(lowered)
+        _write_name(out, soa.origin, compress)
+        out += _SOA_IN
+        out += soa.ttl
+        rdlength_at = len(out)
+        out += b"\x00\x00"
+        _write_name(out, soa.mname, compress)
+        _write_name(out, soa.rname, compress)
+        out += soa.numbers
+        out[rdlength_at : rdlength_at + 2] = (len(out) - rdlength_at - 2).to_bytes(2, "big")
+        if edns:
+            out += _OPT_HEAD
+            out += our_payload.to_bytes(2, "big")
+            out += b"\x00\x00"
+            out += bytes((wire[qend + 7] & _DO, 0, 0, 0))
+        if len(out) > limit:
+            return None
+        return bytes(out), rcode, _text(labels), qtype
+
+
+def _at_node(types: frozenset[int], qtype: int) -> Outcome:
+    """What an existing (or synthesized) name gives: as ``authority._at_node``."""
+    if not types:
+        return _NODATA  # an empty non-terminal
+    if qtype == _ANY or qtype in types:
+        return _ANSWER
+    return _CNAME if _CNAME_TYPE in types else _NODATA
+
+
+def _index(zone: LoadedZone) -> _ZoneIndex:
+    types: dict[Labels, frozenset[int]] = {_lower(n.labels): frozenset() for n in zone.names}
+    for name, by_type in zone.rrsets.items():
+        types[_lower(name.labels)] = frozenset(by_type)
+    soa = zone.negative_soa
+    rdata = soa[0]
+    numbers = b"".join(
+        int(n).to_bytes(4, "big")
+        for n in (rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum)
+    )
+    return _ZoneIndex(
+        depth=len(zone.origin),
+        types=types,
+        cuts=frozenset(_lower(cut.labels) for cut in zone.cuts),
+        origin=zone.origin.labels,
+        ttl=int(soa.ttl).to_bytes(4, "big"),
+        mname=rdata.mname.labels,
+        rname=rdata.rname.labels,
+        numbers=numbers,
+    )
+
+
+def _question(wire: bytes) -> tuple[Labels, int]:
+    """The labels of the plain QNAME (root included) and the offset past the question."""
+    labels = []
+    pos = _HEADER
+    while True:
+        length = wire[pos]
+        labels.append(wire[pos + 1 : pos + 1 + length])
+        pos += length + 1
+        if not length:
+            return tuple(labels), pos + 4
+
+
+def _lower(labels: Labels) -> Labels:
+    return tuple(label.lower() for label in labels)
+
+
+def _text(labels: Labels) -> str:
+    """The name as ``dns.name.Name.to_text`` writes it (the query log's QNAME)."""
+    if len(labels) > 1 and all(_PLAIN_LABEL.fullmatch(label) for label in labels[:-1]):
+        return b".".join(labels).decode("ascii")
+    return dns.name.Name(labels).to_text()
+
+
+def _question_suffixes(lowered: Labels) -> dict[Labels, int]:
+    """What dnspython's renderer remembers after writing the question: each suffix's offset."""
+    compress = {}
+    pos = _HEADER
+    for i in range(len(lowered) - 1):  # the root alone is never remembered
+        compress[lowered[i:]] = pos
+        pos += len(lowered[i]) + 1
+    return compress
+
+
+def _write_name(out: bytearray, labels: Labels, compress: dict[Labels, int]) -> None:
+    """Writes a name as dnspython's ``Name.to_wire`` does with a compression table."""
+    lowered = _lower(labels)
+    for i, label in enumerate(labels):
+        suffix = lowered[i:]
+        pointer = compress.get(suffix)
+        if pointer is not None:
+            out += (0xC000 | pointer).to_bytes(2, "big")
+            return
+        if len(suffix) > 1 and len(out) <= _MAX_POINTER:
+            compress[suffix] = len(out)
+        out.append(len(label))
+        out += label
