@@ -62,7 +62,7 @@ def _targets(
 
 
 @contextlib.contextmanager
-def _evidence(pcap: str | None, syn_only: bool) -> Iterator[Any]:
+def _evidence(pcap: str | None, syn_only: bool, ports: set[int]) -> Iterator[Any]:
     if pcap is None and not syn_only:
         yield None
         return
@@ -70,7 +70,7 @@ def _evidence(pcap: str | None, syn_only: bool) -> Iterator[Any]:
     if importlib.util.find_spec(EVIDENCE_MODULE) is None:
         raise UsageError(f"{what} is not available yet: this build has no wire evidence module")
     module = importlib.import_module(EVIDENCE_MODULE)
-    with module.open_evidence(pcap=pcap, syn_only=syn_only) as evidence:
+    with module.open_evidence(pcap=pcap, syn_only=syn_only, ports=sorted(ports)) as evidence:
         yield evidence
 
 
@@ -174,7 +174,8 @@ def _run(opts: dict[str, Any], targets: tuple[str, ...]) -> int:
     last: dict[str, Any] | None = None
     interrupted = False
     with contextlib.ExitStack() as stack:
-        evidence = stack.enter_context(_evidence(opts["pcap"], opts["syn_only"]))
+        ports = {t.port for t in found}
+        evidence = stack.enter_context(_evidence(opts["pcap"], opts["syn_only"], ports))
         config = ProbeConfig(
             plan=plan,
             qname=opts["name"],
