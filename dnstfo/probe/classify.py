@@ -157,7 +157,8 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
     worked = [c for c in tfo if c.tfo_worked]
     if tfo and len(worked) == len(tfo):
         rounds = [c.rounds for c in tfo if c.rounds is not None]
-        shown = f", {max(rounds):g} round trips at most" if rounds else ""
+        most = max(rounds) if rounds else None
+        shown = "" if most is None else f", {most:g} round trip{'' if most == 1 else 's'} at most"
         return (
             Verdict.WORKS,
             f"all {len(tfo)} TFO connections rode in the SYN and were acknowledged{shown}{note}",
