@@ -15,7 +15,7 @@ caller's GIL, garbage collector and test code never stall a packet.
    range; fd00:d7f0::1 and ::2 for IPv6) and brings them up.
 
    Several server namespaces make an anycast pool: every one has the same addresses, and
-   the relay sends each client-to-server packet to the instance its flow hashes to (CRC-32
+   the relay sends each client-to-server packet to the instance its flow hashes to (BLAKE2b
    of addresses and ports, so a connection stays on one instance, as behind an ECMP
    router); answers from any instance go to the client. The log says which instance.
 
@@ -48,6 +48,7 @@ import contextlib
 import ctypes
 import enum
 import fcntl
+import hashlib
 import heapq
 import json
 import logging
@@ -60,7 +61,6 @@ import struct
 import subprocess
 import sys
 import time
-import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -360,7 +360,10 @@ def flow_instance(addresses: bytes, ports: tuple[int, int] | None, count: int) -
         count: instances in the pool.
     """
     key = addresses if ports is None else addresses + struct.pack("!HH", *ports)
-    return zlib.crc32(key) % count
+    # A mixing hash: CRC-32 is linear, so its low bits barely change between ports the
+    # kernel hands out in steps of two, and consecutive flows would stay on one instance.
+    digest = hashlib.blake2b(key, digest_size=4).digest()
+    return int.from_bytes(digest, "big") % count
 
 
 # --- the relay process ---------------------------------------------------------------------

@@ -117,7 +117,7 @@ def _captured_exchanges(
     return found
 
 
-def _tshark(pcap: Path) -> dict[int, WireEvidence]:
+def tshark_evidence(pcap: Path) -> dict[int, WireEvidence]:
     """The same fields, as tshark reads the pcap: client port -> evidence."""
     fields = ["tcp.srcport", "tcp.dstport", "tcp.flags.syn", "tcp.flags.ack", "tcp.seq_raw"]
     fields += ["tcp.ack_raw", "tcp.len", "tcp.option_kind", "tcp.options.tfo.cookie"]
@@ -196,7 +196,7 @@ def test_the_pcap_read_by_tshark_agrees_with_the_parsed_fields(
         with tempfile.TemporaryDirectory() as tmp:
             pcap = Path(tmp) / "probe.pcap"
             parsed = fresh.client.run(_captured_exchanges, str(pcap), server, 2, timeout=60)
-            read = _tshark(pcap)
+            read = tshark_evidence(pcap)
     assert sorted(read) == sorted(port for port, _ in parsed)
     for port, evidence in parsed:
         assert evidence == read[port], port
