@@ -8,6 +8,7 @@ client namespace and prints:
 - the campaign time against its floor (targets / concurrency x plan round trips x RTT);
 - the probe's CPU time per target and its peak memory (rusage of the probe process);
 - the verdicts (every target should be ``works`` on a clean path);
+- the CPU the delay line and the server used meanwhile (which part limits);
 - the delay line's and the kernel's side: TCPFastOpen counters in the client namespace,
   and how many cookies the client's cache holds at the end (evictions show as targets
   whose TFO connections found no cookie).
@@ -57,6 +58,12 @@ def counters(lab: object) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (its own, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", type=int, default=4000)
@@ -86,6 +93,7 @@ def main() -> None:
         try:
             wait_listening(lab, 53, serve)
             before = counters(lab)
+            relay_cpu, serve_cpu = cpu_seconds(lab.delay.pid), cpu_seconds(serve.pid)
             out = Path(tmp, "records.ndjson")
             argv = ["ip", "netns", "exec", lab.client.name, DNSTFO, "probe", "--targets", str(lst),
                     "--name", "example.com", "--concurrency", str(args.concurrency),
@@ -98,6 +106,8 @@ def main() -> None:
             report = proc.stdout.read().decode() if proc.stdout else ""
             err = proc.stderr.read().decode() if proc.stderr else ""
             after = counters(lab)
+            relay_cpu = cpu_seconds(lab.delay.pid) - relay_cpu
+            serve_cpu = cpu_seconds(serve.pid) - serve_cpu
             cached = lab.client.exec(["ip", "tcp_metrics", "show"]).stdout.count("fo_cookie")
         finally:
             serve.terminate()
@@ -110,6 +120,11 @@ def main() -> None:
     print(f"campaign {elapsed:.2f} s, floor {floor:.2f} s, ratio {elapsed / floor:.2f}")
     print(f"CPU {cpu:.2f} s = {1000 * cpu / max(len(records), 1):.2f} ms per target")
     print(f"peak memory (maxrss) {usage.ru_maxrss / 1024:.1f} MiB")
+    print(
+        f"CPU during the campaign: delay line {relay_cpu:.2f} s "
+        f"({100 * relay_cpu / elapsed:.0f}% of a core), dnstfo serve {serve_cpu:.2f} s "
+        f"({100 * serve_cpu / elapsed:.0f}%), probe {100 * cpu / elapsed:.0f}%"
+    )
     print(f"records {len(records)}; verdicts {dict(verdicts)}")
     print(f"cookies cached at the end {cached}")
     delta = {
