@@ -16,6 +16,7 @@ is read once at the start and sampled at most once a second, never per connectio
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import errno
 import logging
@@ -110,6 +111,11 @@ class ProbeConfig:
         return ".", self.qtype or "NS"
 
 
+_SYN_ONLY_WORKERS = 8
+"""Crafted-SYN checks (``--syn-only``) in flight at once."""
+_EVIDENCE_POLL_S = 0.05
+"""How often the loop looks for finished crafted-SYN checks while connections run."""
+
 Progress = Callable[[int, int], None]
 """Told (targets finished, connections in flight) after every wake-up."""
 
@@ -177,6 +183,7 @@ class _TargetRun:
         "forgotten",
         "query",
         "source",
+        "syn_only",
         "target",
         "wire",
     )
@@ -190,6 +197,7 @@ class _TargetRun:
         self.done: list[ConnectionObservation] = []
         self.forgotten = False
         self.cookie_deleted = False
+        self.syn_only: concurrent.futures.Future[SynOnlyObservation | None] | None = None
 
 
 def failure_of(error: DnstfoError) -> Failure:
@@ -304,7 +312,7 @@ def probe_targets(
                 waiting.append((run, action.step))
                 return
             active -= 1
-            finished.append(record_of(run))
+            completing.append(run)
             return
 
     def forget(run: _TargetRun) -> bool:
@@ -347,7 +355,7 @@ def probe_targets(
         conns = tuple(run.done)
         if config.evidence is not None:
             conns = tuple(_with_wire(config.evidence, run.target, c) for c in conns)
-        syn_only = config.evidence.syn_only(run.target) if config.evidence is not None else None
+        syn_only = None if run.syn_only is None else run.syn_only.result()
         obs = TargetObservations(
             local=host.sample(),
             connections=conns,
@@ -363,6 +371,10 @@ def probe_targets(
             classification=classify(obs),
         )
 
+    # The crafted-SYN check blocks for up to a round trip or its timeout: it runs on a few
+    # threads of its own while the plan runs, never inside the event loop.
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=_SYN_ONLY_WORKERS)
+    completing: list[_TargetRun] = []
     pending = iter(targets)
     exhausted = False
     try:
@@ -375,25 +387,37 @@ def probe_targets(
                 qname, qtype = config.query_for(target)
                 base = QueryConfig(qname=qname, server=target.address, rdtype=qtype)
                 run = _TargetRun(target, base, route_source(target.address, target.port))
+                if config.evidence is not None:
+                    run.syn_only = pool.submit(config.evidence.syn_only, target)
                 active += 1
                 advance(run)
             now = clock.now_ns()
             while waiting and (interval == 0 or now >= next_token):
                 next_token = max(next_token, now - interval) + interval
                 start(*waiting.popleft())
+            ready = [r for r in completing if r.syn_only is None or r.syn_only.done()]
+            for run in ready:
+                completing.remove(run)
+                finished.append(record_of(run))
             while finished:
                 count += 1
                 yield finished.popleft()
-            if exhausted and active == 0 and not waiting:
+            if progress is not None:
+                progress(count, len(mux))
+            if exhausted and active == 0 and not waiting and not completing:
                 return
             wait = None if not waiting else max(next_token - clock.now_ns(), 0) / 1e9
+            if completing:
+                wait = _EVIDENCE_POLL_S if wait is None else min(wait, _EVIDENCE_POLL_S)
             if len(mux):
                 mux.poll(wait if wait is not None else 1.0)
+            elif completing:
+                futures = [r.syn_only for r in completing if r.syn_only is not None]
+                concurrent.futures.wait(futures, wait, concurrent.futures.FIRST_COMPLETED)
             elif wait:
                 _sleep_until(wait)
-            if progress is not None:
-                progress(count + len(finished), len(mux))
     finally:
+        pool.shutdown(wait=False, cancel_futures=True)
         mux.close()
         cookies.close()
         if cache is not None:

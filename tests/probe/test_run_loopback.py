@@ -75,3 +75,16 @@ def test_rate_caps_new_connections(make_ns: Callable[[str], Namespace]) -> None:
     last = max(datetime.fromisoformat(r["time"]["to"]) for r in records)
     assert (last - first).total_seconds() >= 0.37
     assert {r["verdict"] for r in records} == {"works"}
+
+
+def test_a_slow_syn_only_check_never_stalls_the_connections(
+    make_ns: Callable[[str], Namespace],
+) -> None:
+    ns = make_ns("3")
+    addresses = [f"127.0.0.{i}" for i in range(2, 12)]
+    out = ns.run(probe_loopback, addresses, slow_syn_only=0.4, timeout=60)
+    records = out["records"]
+    assert len(records) == 10
+    assert all(r["syn_only"]["answered"] for r in records)
+    slowest = max(c["total_ms"] for r in records for c in r["connections"])
+    assert slowest < 300, "a crafted-SYN check ran inside the event loop"
