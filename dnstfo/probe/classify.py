@@ -31,6 +31,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dnstfo.kernel.tcpinfo import FastOpenClientFail
 from dnstfo.probe.observe import ConnectionObservation, Step, TargetObservations
 
 
@@ -163,7 +164,7 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
             Verdict.WORKS,
             f"all {len(tfo)} TFO connections rode in the SYN and were acknowledged{shown}{note}",
         )
-    if obs.local.blackhole_active:
+    if obs.local.blackhole_active and not any(_asked(c) for c in tfo_phase):
         return (
             Verdict.LOCAL_BLACKHOLE,
             "this host's kernel suspected a TFO blackhole and paused active TFO "
@@ -226,6 +227,15 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
         Verdict.UNSTABLE,
         f"the server gave a cookie but the kernel sent no SYN data with it{note}",
     )
+
+
+def _asked(c: ConnectionObservation) -> bool:
+    """The kernel put a Fast Open option in the SYN (a cookie request, or data with one).
+
+    With active TFO paused (blackhole back-off) ``tcp_fastopen_cookie_check`` sends
+    neither and leaves ``tcpi_fastopen_client_fail`` unset.
+    """
+    return c.syn_data_sent or c.client_fail is not FastOpenClientFail.UNSPEC
 
 
 def _no_cookie(

@@ -153,15 +153,26 @@ CASES: list[tuple[str, TargetObservations, Verdict, tuple[str, ...]]] = [
         ("tfo.connectivity.works", "tfo.cookie.not_received"),
     ),
     (
-        "blackhole back-off",
+        "blackhole back-off: no option in any SYN",
         target(
             BASE,
-            no_cookie_prime,
+            conn(P),
             held_back,
             local=replace(LOCAL, blackhole_timeout_s=3600, blackhole_count=1),
         ),
         Verdict.LOCAL_BLACKHOLE,
         ("tfo.connectivity.works", "tfo.cookie.received"),
+    ),
+    (
+        "an old blackhole count, but cookies were asked for",
+        target(
+            BASE,
+            no_cookie_prime,
+            no_cookie_tfo,
+            local=replace(LOCAL, blackhole_timeout_s=3600, blackhole_count=1),
+        ),
+        Verdict.NO_TFO,
+        ("tfo.connectivity.works", "tfo.cookie.not_received"),
     ),
     (
         "stale cookie kept without root",
