@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import statistics
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 from dnstfo.client.compare import CompareStep, Comparison, Step, compare
 from dnstfo.client.config import QueryConfig
 from dnstfo.errors import LabError, UsageError
+from dnstfo.lab.netns import realtime_priority
 from dnstfo.lab.topology import Lab, LabSpec, start_lab
 
 log = logging.getLogger(__name__)
@@ -136,11 +138,12 @@ class DemoResult:
 def rounds_shortfall(
     worked: bool, baseline_rounds: float | None, tfo_rounds: Sequence[float | None]
 ) -> str | None:
-    """Checks every round-trip figure the demo shows against what it promises.
+    """Checks the round-trip figures the demo shows against what it promises.
 
-    The promise: plain TCP takes 2 round trips, each TFO query 1. On a path too short for
-    round trips to outweigh processing time (``--rtt 0ms``) neither holds, whatever the
-    kernel did, and the demo must not claim a saving.
+    The promise: plain TCP takes 2 round trips, a TFO query 1 (the median, as in the
+    saving line). On a path too short for round trips to outweigh processing time
+    (``--rtt 0ms``) neither holds, whatever the kernel did, and the demo must not claim a
+    saving.
 
     Args:
         worked: every TFO query rode in the SYN and was acknowledged.
@@ -155,9 +158,10 @@ def rounds_shortfall(
     low, high = TWO_ROUNDS
     if baseline_rounds is None or not low <= baseline_rounds < high:
         return f"plain TCP took {_rounds_text(baseline_rounds)} round trips, not 2"
-    for rounds in tfo_rounds:
-        if rounds is None or rounds >= ONE_ROUND:
-            return f"a TFO query took {_rounds_text(rounds)} round trips, not 1"
+    measured = [r for r in tfo_rounds if r is not None]
+    median = statistics.median(measured) if len(measured) == len(tfo_rounds) else None
+    if median is None or median >= ONE_ROUND:
+        return f"the TFO queries took {_rounds_text(median)} round trips (median), not 1"
     return None
 
 
@@ -188,6 +192,9 @@ def demo_target(lab: Lab, zones: Path = DEFAULT_ZONES) -> Iterator[DemoServer]:
         *("--zone", str(zones), "--listen", f"{lab.server_v4}:{PORT}", "--query-log", "json"),
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Timed like the client and the delay line: busy processes must not delay its answers.
+    # (``ip netns exec`` execs the server in place, so the pid is the server's.)
+    realtime_priority(pid=proc.pid)
     try:
         _wait_listening(lab, proc)
         log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)

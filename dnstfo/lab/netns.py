@@ -82,8 +82,8 @@ def setns(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def realtime_priority(priority: int = 10) -> bool:
-    """Gives the calling process a real-time (SCHED_FIFO) priority, when allowed.
+def realtime_priority(priority: int = 10, *, pid: int = 0) -> bool:
+    """Gives a process (0: the calling one) a real-time (SCHED_FIFO) priority, when allowed.
 
     The lab's timing-critical processes (the delay line, the servers and clients whose round
     trips are measured) block between packets, so this cannot starve the machine; it keeps
@@ -93,7 +93,7 @@ def realtime_priority(priority: int = 10) -> bool:
         True when the priority was raised.
     """
     try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(priority))
     except (OSError, AttributeError) as exc:
         log.debug("keeping normal priority: %s", exc)
         return False

@@ -26,7 +26,7 @@ import pytest
 from dnstfo.kernel import tcp_metrics
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.lab.delay import Fault, flow_instance
-from dnstfo.lab.netns import Namespace
+from dnstfo.lab.netns import Namespace, realtime_priority
 from dnstfo.lab.topology import Lab, LabSpec, start_lab
 from dnstfo.probe.plan import Plan
 from dnstfo.probe.run import ProbeConfig, probe_targets
@@ -63,6 +63,7 @@ def dnstfo_serve(ns: Namespace, port: int = 53) -> Iterator[None]:
     argv += ["--zone", str(ZONES), "--listen", f"0.0.0.0:{port}"]
     argv += ["--max-connections", "16384", "--max-per-client", "16384"]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    realtime_priority(pid=proc.pid)  # round trips are measured: busy processes must not delay it
     try:
         deadline = time.monotonic() + 20
         while not ns.in_thread(_listening, port):
