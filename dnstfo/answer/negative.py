@@ -12,10 +12,10 @@ OPT of version 0. Then:
    ``authority``) and the longest of our zone origins that contains QNAME (from a map
    keyed by lower-case labels, built once per authority generation). Anything else: None,
    and the caller takes the full path.
-2. The zone's names, cuts and types, indexed by lower-case label tuples, decide as
-   :func:`~dnstfo.answer.authority.lookup` does (the walk from the apex, zone cuts,
-   wildcards, empty non-terminals, CNAME), without building ``dns.name.Name`` objects;
-   only NXDOMAIN and NODATA are answered here, anything else takes the full path.
+2. :func:`~dnstfo.answer.authority.lookup` decides, on the zone's index built at load
+   time (names, cuts, RRsets by type): the one place that knows RFC 1034 §4.3.2 and
+   RFC 4592. Only NXDOMAIN and NODATA are answered here; anything else takes the full
+   path. Nothing here grows with the zone: a reload of a big zone adds no work.
 3. The response is written byte by byte as dnspython's renderer would write it (the test
    compares the two on every name of the example zones): the query's ID, QR, AA, RD and CD
    (RFC 4035 §3.1.6), the RCODE; the question as asked (RFC 4343 §4: case kept); the
@@ -35,14 +35,11 @@ import dns.name
 import dns.rcode
 import dns.rdatatype
 
-from dnstfo.answer.authority import Authority, Outcome
+from dnstfo.answer.authority import Authority, Outcome, lookup
 from dnstfo.answer.zones import LoadedZone
 
 _IN = 1
 _DS = int(dns.rdatatype.DS)
-_ANY = int(dns.rdatatype.ANY)
-_CNAME_TYPE = int(dns.rdatatype.CNAME)
-_ANSWER, _CNAME, _REFERRAL = Outcome.ANSWER, Outcome.CNAME, Outcome.REFERRAL
 #: Labels that dnspython writes as they are (no escapes).
 _PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_*-]+")
 _QR_AA = 0x8400
@@ -60,40 +57,27 @@ Labels = tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
-class _ZoneIndex:
-    """One zone keyed by lower-case label tuples, and its SOA cut where compression decides."""
+class _NegativeSoa:
+    """A zone and its negative-answer SOA, cut where compression decides."""
 
-    depth: int
-    """Labels in the origin, root included."""
-    types: Mapping[Labels, frozenset[int]]
-    """The types at each name that exists; empty for empty non-terminals."""
-    cuts: frozenset[Labels]
-    """Delegation points below the apex."""
+    zone: LoadedZone
+    """The zone."""
     origin: Labels
     """The origin's labels as stored (written when the question does not contain it)."""
+    origin_key: Labels
+    """The same in lower case (compression compares names case-insensitively)."""
     ttl: bytes
     """The negative TTL, 4 bytes (RFC 2308 §3)."""
     mname: Labels
     """The primary server's name."""
+    mname_key: Labels
+    """The same in lower case."""
     rname: Labels
     """The responsible mailbox's name."""
+    rname_key: Labels
+    """The same in lower case."""
     numbers: bytes
     """SERIAL, REFRESH, RETRY, EXPIRE, MINIMUM: 20 bytes."""
-
-    def outcome(self, name: Labels, qtype: int) -> Outcome:
-        """What :func:`~dnstfo.answer.authority.lookup` finds for ``name`` (lower case)."""
-        types = self.types
-        cuts = self.cuts
-        encloser = name[len(name) - self.depth :]
-        for count in range(self.depth + 1, len(name) + 1):
-            ancestor = name[len(name) - count :]
-            if ancestor not in types:
-                wildcard = types.get((b"*", *encloser))  # only one that owns records counts
-                return _at_node(wildcard, qtype) if wildcard else _NXDOMAIN
-            if ancestor in cuts and not (count == len(name) and qtype == _DS):
-                return _REFERRAL
-            encloser = ancestor
-        return _at_node(types[name], qtype)
 
 
 class NegativeIndex:
@@ -107,8 +91,8 @@ class NegativeIndex:
 
     def __init__(self, authority: Authority) -> None:
         self._authority = authority
-        self._zones: Mapping[Labels, _ZoneIndex] = {
-            _lower(origin.labels): _index(zone) for origin, zone in authority.zones.items()
+        self._zones: Mapping[Labels, _NegativeSoa] = {
+            _lower(origin.labels): _soa_parts(zone) for origin, zone in authority.zones.items()
         }
 
     def answer(
@@ -139,7 +123,7 @@ class NegativeIndex:
                 break
         if soa is None:
             return None
-        found = soa.outcome(lowered, qtype)
+        found = lookup(soa.zone, dns.name.Name(labels), qtype).outcome
         if found is _NXDOMAIN:
             rcode = dns.rcode.NXDOMAIN
         elif found is _NODATA:
@@ -153,13 +137,13 @@ class NegativeIndex:
         out += b"\x00\x01\x00\x00\x00\x01\x00\x01" if edns else b"\x00\x01\x00\x00\x00\x01\x00\x00"
         out += wire[_HEADER:qend]
         compress = _question_suffixes(lowered)
-        _write_name(out, soa.origin, compress)
+        _write_name(out, soa.origin, soa.origin_key, compress)
         out += _SOA_IN
         out += soa.ttl
         rdlength_at = len(out)
         out += b"\x00\x00"
-        _write_name(out, soa.mname, compress)
-        _write_name(out, soa.rname, compress)
+        _write_name(out, soa.mname, soa.mname_key, compress)
+        _write_name(out, soa.rname, soa.rname_key, compress)
         out += soa.numbers
         out[rdlength_at : rdlength_at + 2] = (len(out) - rdlength_at - 2).to_bytes(2, "big")
         if edns:
@@ -172,33 +156,22 @@ class NegativeIndex:
         return bytes(out), rcode, _text(labels), qtype
 
 
-def _at_node(types: frozenset[int], qtype: int) -> Outcome:
-    """What an existing (or synthesized) name gives: as ``authority._at_node``."""
-    if not types:
-        return _NODATA  # an empty non-terminal
-    if qtype == _ANY or qtype in types:
-        return _ANSWER
-    return _CNAME if _CNAME_TYPE in types else _NODATA
-
-
-def _index(zone: LoadedZone) -> _ZoneIndex:
-    types: dict[Labels, frozenset[int]] = {_lower(n.labels): frozenset() for n in zone.names}
-    for name, by_type in zone.rrsets.items():
-        types[_lower(name.labels)] = frozenset(by_type)
+def _soa_parts(zone: LoadedZone) -> _NegativeSoa:
     soa = zone.negative_soa
     rdata = soa[0]
     numbers = b"".join(
         int(n).to_bytes(4, "big")
         for n in (rdata.serial, rdata.refresh, rdata.retry, rdata.expire, rdata.minimum)
     )
-    return _ZoneIndex(
-        depth=len(zone.origin),
-        types=types,
-        cuts=frozenset(_lower(cut.labels) for cut in zone.cuts),
+    return _NegativeSoa(
+        zone=zone,
         origin=zone.origin.labels,
+        origin_key=_lower(zone.origin.labels),
         ttl=int(soa.ttl).to_bytes(4, "big"),
         mname=rdata.mname.labels,
+        mname_key=_lower(rdata.mname.labels),
         rname=rdata.rname.labels,
+        rname_key=_lower(rdata.rname.labels),
         numbers=numbers,
     )
 
@@ -236,9 +209,10 @@ def _question_suffixes(lowered: Labels) -> dict[Labels, int]:
     return compress
 
 
-def _write_name(out: bytearray, labels: Labels, compress: dict[Labels, int]) -> None:
+def _write_name(
+    out: bytearray, labels: Labels, lowered: Labels, compress: dict[Labels, int]
+) -> None:
     """Writes a name as dnspython's ``Name.to_wire`` does with a compression table."""
-    lowered = _lower(labels)
     for i, label in enumerate(labels):
         suffix = lowered[i:]
         pointer = compress.get(suffix)
