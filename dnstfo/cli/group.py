@@ -52,7 +52,10 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="dnstfo")
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 def main(verbose: int, **_: Any) -> None:
-    """DNS over TCP with TCP Fast Open: serve, query, probe, and a lab to prove it."""
+    """DNS over TCP with TCP Fast Open, and what the kernel really did with it.
+
+    Each command below has its own --help.
+    """
     import logging
 
     level = logging.WARNING - 10 * min(verbose, 2)

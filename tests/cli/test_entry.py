@@ -83,3 +83,32 @@ def test_dash_options(words: list[str], expected: dict[str, object]) -> None:
 def test_dash_option_errors(words: list[str], message: str) -> None:
     with pytest.raises(UsageError, match=message):
         digargs.parse(words)
+
+
+def test_help_lists_every_command_and_only_those() -> None:
+    from click.testing import CliRunner
+
+    from dnstfo.cli import COMMANDS, load, main
+
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    rows = result.output.split("Commands:")[1].splitlines()
+    listed = [row.split()[0] for row in rows if row.startswith("  ") and row.strip()]
+    assert listed == sorted(COMMANDS)
+    for name in COMMANDS:
+        assert load(name) is not None  # every listed command imports
+
+
+def test_package_description_names_only_commands_that_exist() -> None:
+    import tomllib
+    from pathlib import Path
+
+    from dnstfo.cli import COMMANDS
+
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    description = tomllib.loads(pyproject.read_text())["project"]["description"]
+    # The capabilities the description may name, and the command each needs.
+    needs = {"server": "serve", "client": "query", "probe": "probe", "lab": "lab"}
+    for word, command in needs.items():
+        if word in description:
+            assert command in COMMANDS, f"the description names a {word}, no {command} command"
