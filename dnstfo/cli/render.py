@@ -507,8 +507,19 @@ def cookies_json(entries: list[TcpMetricsEntry]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- doctor
 
 
-def doctor_text(state: HostState, problems: list[str]) -> str:
-    """The host's TFO state in words."""
+def doctor_text(
+    state: HostState, client: list[str] | None, server: list[str] | None, fix: str
+) -> str:
+    """The host's TFO state in words, every counter explained, and a verdict per side.
+
+    Args:
+        state: the host's state.
+        client: what stops querying with TFO here (None: not asked).
+        server: what stops serving with TFO here (None: not asked).
+        fix: the command that fixes what was asked.
+    """
+    from dnstfo.kernel.sysctl import KERNEL_NAMES, MEANINGS
+
     if state.mode is None:
         lines = ["net.ipv4.tcp_fastopen: absent (no TCP Fast Open in this kernel)"]
     else:
@@ -527,13 +538,17 @@ def doctor_text(state: HostState, problems: list[str]) -> str:
         f"TCP_FASTOPEN_NO_COOKIE {_yes(state.no_cookie)}, "
         f"TCP_FASTOPEN_KEY {_yes(state.listener_key)}"
     )
-    counters = state.counters.nonzero()
-    lines.append("counters: " + (", ".join(f"{k} {v}" for k, v in counters.items()) or "all zero"))
-    if problems:
-        lines += [f"problem: {p}" for p in problems]
-        lines.append("fix: dnstfo doctor --fix (root)")
-    else:
-        lines.append("ready: this host can query and serve with TCP Fast Open")
+    lines.append("counters (TcpExt, the whole network namespace, since it was made):")
+    for name, meaning in MEANINGS.items():
+        value = getattr(state.counters, name)
+        lines.append(f"  {KERNEL_NAMES[name]:<26}{value:>9}  {meaning}")
+    for side, problems in (("query (client)", client), ("serve (server)", server)):
+        if problems is None:
+            continue
+        lines.append(f"{side} with TCP Fast Open: " + ("no" if problems else "ready"))
+        lines += [f"  problem: {p}" for p in problems]
+    if client or server:
+        lines.append(f"fix: {fix} (root)")
     return "\n".join(lines)
 
 

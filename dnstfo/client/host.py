@@ -96,17 +96,24 @@ def read_state() -> HostState:
     )
 
 
-def problems(state: HostState) -> list[str]:
-    """What stops TFO here, in words (empty: ready to query and serve)."""
+def problems(state: HostState, sides: TfoMode = NEEDED) -> list[str]:
+    """What stops TFO here, in words (empty: ready).
+
+    Args:
+        state: from :func:`read_state`.
+        sides: what to check: ``TfoMode.CLIENT`` (querying), ``TfoMode.SERVER``
+            (serving), or both.
+    """
     out = []
     if state.mode is None:
         out.append("this kernel has no net.ipv4.tcp_fastopen: TCP Fast Open needs Linux 3.7+")
         return out
-    if not state.client_ready:
+    client = bool(sides & TfoMode.CLIENT)
+    if client and not state.client_ready:
         out.append("the client bit (0x1) is off: queries cannot ride in the SYN")
-    if not state.server_ready:
+    if sides & TfoMode.SERVER and not state.server_ready:
         out.append("the server bit (0x2) is off: dnstfo serve cannot accept SYN data")
-    if state.counters.blackhole and state.blackhole_timeout_s:
+    if client and state.counters.blackhole and state.blackhole_timeout_s:
         out.append(
             f"the kernel suspected a TFO blackhole {state.counters.blackhole} time(s): active "
             f"TFO pauses for up to {state.blackhole_timeout_s} s after each"
@@ -114,15 +121,15 @@ def problems(state: HostState) -> list[str]:
     return out
 
 
-def plan_fix(state: HostState) -> FixPlan:
-    """The fix: add the client and server bits, keep every other bit.
+def plan_fix(state: HostState, sides: TfoMode = NEEDED) -> FixPlan:
+    """The fix: add the bits of ``sides`` (client 0x1, server 0x2), keep every other bit.
 
     Raises:
         KernelFeatureError: the kernel has no TFO sysctl at all.
     """
     if state.mode is None:
         raise KernelFeatureError("this kernel has no net.ipv4.tcp_fastopen", "use Linux 4.11+")
-    wanted = int(state.mode | NEEDED)
+    wanted = int(state.mode | (sides & NEEDED))
     return FixPlan(int(state.mode), wanted, f"{sysctl.FASTOPEN} = {wanted}")
 
 

@@ -34,6 +34,44 @@ def test_doctor_explains_and_fixes(ns):
     assert ns.read_sysctl("net.ipv4.tcp_fastopen") == "3"
 
 
+def test_doctor_judges_client_and_server_apart(ns):
+    # tcp_fastopen=1: this namespace can query with TFO, not serve with it.
+    client = ns.exec([DNSTFO, "doctor", "--client"])
+    assert client.returncode == 0, client.stdout + client.stderr
+    assert "query (client) with TCP Fast Open: ready" in client.stdout
+    assert "serve (server)" not in client.stdout
+    server = ns.exec([DNSTFO, "doctor", "--server"])
+    assert server.returncode == 5
+    assert "serve (server) with TCP Fast Open: no" in server.stdout
+    assert "fix: dnstfo doctor --fix --server (root)" in server.stdout
+    assert "query (client)" not in server.stdout
+
+
+def test_doctor_explains_every_counter(ns):
+    from dnstfo.kernel.sysctl import KERNEL_NAMES, MEANINGS
+
+    out = ns.exec([DNSTFO, "doctor"]).stdout
+    for name, meaning in MEANINGS.items():
+        assert KERNEL_NAMES[name] in out
+        assert meaning in out
+
+
+def test_doctor_fix_shows_the_state_after_the_fix(ns):
+    fixed = ns.exec([DNSTFO, "doctor", "--fix"])
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert "set net.ipv4.tcp_fastopen = 3 (was 1)" in fixed.stdout
+    assert "problem" not in fixed.stdout
+    assert "server bit (0x2) is off" not in fixed.stdout
+    assert "serve (server) with TCP Fast Open: ready" in fixed.stdout
+
+
+def test_doctor_fix_client_sets_only_the_client_bit(ns):
+    ns.write_sysctls({"net.ipv4.tcp_fastopen": "0"})
+    fixed = ns.exec([DNSTFO, "doctor", "--fix", "--client"])
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert ns.read_sysctl("net.ipv4.tcp_fastopen") == "1"
+
+
 def test_doctor_fix_keeps_other_bits(ns):
     ns.write_sysctls({"net.ipv4.tcp_fastopen": "0x401"})
     assert ns.exec([DNSTFO, "doctor", "--fix"]).returncode == 0
