@@ -25,7 +25,7 @@ from dnstfo.answer.authority import Authority
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.kernel.sysctl import read_counters
-from dnstfo.server.app import DnsServer, load_authority, serve_until_signalled
+from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
@@ -106,6 +106,7 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
     # Zones before sockets: a server that cannot serve never holds the port, and workers
     # inherit the zones loaded (and their errors reported) once.
     authority = load_authority(config)
+    freeze_zones()  # never walked by the collector; shared copy-on-write by the workers
     warn_if_tfo_off()
     reuseport = config.reuseport or config.workers > 1
     sets: list[list[ListenerPair]] = []
