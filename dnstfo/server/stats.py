@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from dnstfo.server.querylog import rcode_name
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +202,18 @@ class KernelFastOpenCollector:
 
 
 def start_metrics_server(
-    stats: ServerStats | Callable[[], ServerStats], host: str, port: int
+    stats: ServerStats | Callable[[], ServerStats],
+    host: str,
+    port: int,
+    extra: Iterable[Collector] = (),
 ) -> None:
     """Serves ``/metrics`` on host:port in a thread (``stats`` as for :class:`StatsCollector`).
+
+    Args:
+        stats: the counters.
+        host: the address to serve on.
+        port: the port.
+        extra: more collectors (the supervisor's per-worker liveness).
 
     Raises:
         OSError: the address cannot be bound.
@@ -213,4 +223,6 @@ def start_metrics_server(
     registry = CollectorRegistry()
     registry.register(StatsCollector(stats))
     registry.register(KernelFastOpenCollector())
+    for collector in extra:
+        registry.register(collector)
     start_http_server(port, addr=host, registry=registry)
