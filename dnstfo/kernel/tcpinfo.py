@@ -147,6 +147,21 @@ class TcpInfo:
         return TcpiOption.TFO_CHILD in self.options
 
 
+_I_STATE, _I_OPTIONS, _I_BITFIELD = (_NAMES.index(n) for n in ("state", "options", "bitfield"))
+_I_RETRANSMITS, _I_TOTAL_RETRANS = _NAMES.index("retransmits"), _NAMES.index("total_retrans")
+_I_RTT, _I_RTTVAR, _I_MIN_RTT, _I_RTO = (
+    _NAMES.index(n) for n in ("rtt_us", "rttvar_us", "min_rtt_us", "rto_us")
+)
+_I_SEGS_OUT, _I_SEGS_IN, _I_DATA_SEGS_OUT, _I_DATA_SEGS_IN = (
+    _NAMES.index(n) for n in ("segs_out", "segs_in", "data_segs_out", "data_segs_in")
+)
+_I_BYTES_ACKED, _I_BYTES_RECEIVED, _I_BYTES_SENT, _I_BYTES_RETRANS = (
+    _NAMES.index(n) for n in ("bytes_acked", "bytes_received", "bytes_sent", "bytes_retrans")
+)
+_STATES: dict[int, TcpState] = {int(s): s for s in TcpState}
+_CLIENT_FAILS: tuple[FastOpenClientFail, ...] = tuple(FastOpenClientFail)
+
+
 def parse_tcp_info(raw: bytes) -> TcpInfo:
     """Parses the bytes ``getsockopt(TCP_INFO)`` returned, short structs included.
 
@@ -160,26 +175,26 @@ def parse_tcp_info(raw: bytes) -> TcpInfo:
         if count <= _NAMES.index("total_retrans"):
             raise ValueError(f"TCP_INFO of {len(raw)} bytes is too short")
         values = prefix.unpack_from(raw) + (None,) * (len(_NAMES) - count)
-    f = dict(zip(_NAMES, values, strict=True))
-    state = f["state"]
+    # Indexed reads (no per-call dict): the probe parses this twice per connection.
+    state = values[_I_STATE]
     return TcpInfo(
-        state=TcpState(state) if state in TcpState._value2member_map_ else state,
-        options=TcpiOption(f["options"]),
-        fastopen_client_fail=FastOpenClientFail((f["bitfield"] >> 1) & 0x3),
-        retransmits=f["retransmits"],
-        total_retrans=f["total_retrans"],
-        rtt_us=f["rtt_us"],
-        rttvar_us=f["rttvar_us"],
-        min_rtt_us=f["min_rtt_us"],
-        rto_us=f["rto_us"],
-        segs_out=f["segs_out"],
-        segs_in=f["segs_in"],
-        data_segs_out=f["data_segs_out"],
-        data_segs_in=f["data_segs_in"],
-        bytes_acked=f["bytes_acked"],
-        bytes_received=f["bytes_received"],
-        bytes_sent=f["bytes_sent"],
-        bytes_retrans=f["bytes_retrans"],
+        state=_STATES.get(state, state),
+        options=TcpiOption(values[_I_OPTIONS]),
+        fastopen_client_fail=_CLIENT_FAILS[(values[_I_BITFIELD] >> 1) & 0x3],
+        retransmits=values[_I_RETRANSMITS],
+        total_retrans=values[_I_TOTAL_RETRANS],
+        rtt_us=values[_I_RTT],
+        rttvar_us=values[_I_RTTVAR],
+        min_rtt_us=values[_I_MIN_RTT],
+        rto_us=values[_I_RTO],
+        segs_out=values[_I_SEGS_OUT],
+        segs_in=values[_I_SEGS_IN],
+        data_segs_out=values[_I_DATA_SEGS_OUT],
+        data_segs_in=values[_I_DATA_SEGS_IN],
+        bytes_acked=values[_I_BYTES_ACKED],
+        bytes_received=values[_I_BYTES_RECEIVED],
+        bytes_sent=values[_I_BYTES_SENT],
+        bytes_retrans=values[_I_BYTES_RETRANS],
     )
 
 
