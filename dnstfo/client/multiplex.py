@@ -163,6 +163,9 @@ class Multiplexer:
         except DnstfoError as exc:
             done(_failed(config, ex, exc, wall))
             return
+        except OSError as exc:  # no socket at all: EMFILE, ENFILE, ENOBUFS
+            done(_failed(config, ex, NetworkError.from_oserror("opening a socket", exc), wall))
+            return
         flight = _Flight(config, ex, opening.sock, done, wall)
         if not self._parse:
             flight.question = question_of(wire)

@@ -207,6 +207,8 @@ def failure_of(error: DnstfoError) -> Failure:
     if isinstance(error, RemoteProtocolError):
         return Failure.BAD_REPLY
     if isinstance(error, NetworkError):
+        if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.EADDRNOTAVAIL):
+            return Failure.LOCAL
         if error.errno == errno.ECONNREFUSED:
             return Failure.REFUSED
         if error.errno in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
@@ -284,6 +286,7 @@ def probe_targets(
         UsageError: the query cannot be built.
     """
     clock = clock or MonotonicClock()
+    ensure_descriptors(config.concurrency)
     vantage = config.vantage or socket.gethostname()
     try:
         cache: tcp_metrics.Cache | None = tcp_metrics.Cache()
@@ -423,6 +426,29 @@ def probe_targets(
         if cache is not None:
             with contextlib.suppress(OSError):
                 cache.close()
+
+
+_SPARE_FDS = 64
+"""File descriptors the run needs beside one socket per target in progress."""
+
+
+def ensure_descriptors(concurrency: int) -> None:
+    """Raises the open-file limit to what ``concurrency`` needs, up to the hard limit.
+
+    Raises:
+        UsageError: the hard limit is too low (the message says which ``ulimit -n``).
+    """
+    import resource
+
+    need = concurrency + _SPARE_FDS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            raise UsageError(
+                f"--concurrency {concurrency} needs {need} open files, the limit is {hard}: "
+                f"lower it or raise the limit (ulimit -n {need})"
+            )
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
 def _sleep_until(seconds: float) -> None:

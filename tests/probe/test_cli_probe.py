@@ -28,6 +28,7 @@ def run(*args: str, stdin: str | None = None) -> Any:
         (("192.0.2.1", "--attempts", "0"), "--attempts"),
         (("192.0.2.1", "--concurrency", "0"), "--concurrency"),
         (("192.0.2.1", "--rate", "0"), "--rate"),
+        (("192.0.2.1", "--concurrency", "100000000"), "open files"),
         (("--targets", "/nonexistent/list"), "cannot read"),
         (("192.0.2.1", "--pcap", "x.pcap"), "not available yet"),
         (("192.0.2.1", "--syn-only"), "not available yet"),
