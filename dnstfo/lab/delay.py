@@ -34,8 +34,9 @@ caller's GIL, garbage collector and test code never stall a packet.
    the host can still pause the whole guest for milliseconds now and then.)
 
 4. Control: newline-delimited JSON over a Unix socket pair: ``packets`` (the log),
-   ``clear``, ``configure`` (new delay, loss or faults on the fly) and ``stop``. End of file on
-   the control socket (the parent died) also stops the relay.
+   ``stats`` (counts, failed writes, and how late packets left: whether the relay itself
+   keeps up), ``clear``, ``configure`` (new delay, loss or faults on the fly) and
+   ``stop``. End of file on the control socket (the parent died) also stops the relay.
 
 Faults model middleboxes seen in the wild (RFC 7413 §7, and the PATHspider TFO study):
 ``drop-syn-data`` drops SYNs that carry payload, ``drop-syn-tfo`` drops SYNs with a TFO
@@ -84,6 +85,7 @@ _IFF_TUN = 0x0001
 _IFF_NO_PI = 0x1000
 _PR_SET_TIMERSLACK = 29
 _LOG_LIMIT = 200_000  # records kept; older ones are forgotten
+_LATENESS_SAMPLES = 100_000  # the most recent packets' lateness, for the stats
 
 
 class Fault(enum.Enum):
@@ -216,6 +218,26 @@ class PacketRecord:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """How the relay is doing: what it did with packets, and whether it kept its timing."""
+
+    packets: int
+    """Packets read since the relay started."""
+    actions: dict[Action, int]
+    """Packets per action (forwarded, stripped, dropped by a fault, lost)."""
+    write_failures: int
+    """Packets the relay could not write to the outgoing TUN device (its queue was full)."""
+    in_flight: int
+    """Packets waiting for their due time now."""
+    late_ms_p50: float | None
+    """Median lateness: time between a packet's due time and its write (recent packets)."""
+    late_ms_p99: float | None
+    """99th percentile of the lateness."""
+    late_ms_max: float | None
+    """Largest lateness among the recent packets."""
+
+
 class DelayLine:
     """Handle on a running relay process; made by :func:`delay_line`.
 
@@ -243,6 +265,19 @@ class DelayLine:
     def clear(self) -> None:
         """Forgets the packet log (record indexes keep counting)."""
         self._request({"op": "clear"})
+
+    def stats(self) -> RelayStats:
+        """Counts since the start and the lateness of recent packets (see :class:`RelayStats`)."""
+        reply = self._request({"op": "stats"})
+        return RelayStats(
+            packets=reply["packets"],
+            actions={Action(k): v for k, v in reply["actions"].items()},
+            write_failures=reply["write_failures"],
+            in_flight=reply["in_flight"],
+            late_ms_p50=reply["late_ms_p50"],
+            late_ms_p99=reply["late_ms_p99"],
+            late_ms_max=reply["late_ms_max"],
+        )
 
     def configure(self, config: DelayConfig) -> None:
         """Applies a new configuration; packets already in flight keep their due time."""
@@ -397,6 +432,9 @@ class _Relay:
         self.last_due = dict.fromkeys(Direction, 0)
         self.records: deque[list[Any]] = deque(maxlen=_LOG_LIMIT)
         self.count = 0
+        self.actions = dict.fromkeys((a.value for a in Action), 0)
+        self.write_failures = 0
+        self.lateness: deque[int] = deque(maxlen=_LATENESS_SAMPLES)  # ns, most recent writes
         self.buffer = b""
 
     def run(self) -> None:
@@ -442,6 +480,7 @@ class _Relay:
         record += _NOT_TCP if segment is None else _tcp_fields(segment)
         record.append(instance)
         self.records.append(record)
+        self.actions[action.value] += 1
         if action in (Action.FORWARDED, Action.STRIPPED):
             due = max(now + self.delay_ns(direction), self.last_due[direction])
             self.last_due[direction] = due
@@ -480,13 +519,31 @@ class _Relay:
 
     def send_due(self) -> None:
         while self.heap and self.heap[0][0] <= time.monotonic_ns():
-            _, index, out, data, record = heapq.heappop(self.heap)
+            due, index, out, data, record = heapq.heappop(self.heap)
             try:
                 os.write(out, data)
             except OSError as exc:  # a full device queue is a loss, as on a real link
                 log.debug("write failed for packet %d: %s", index, exc)
+                self.write_failures += 1
                 continue
-            record[_SENT_NS] = time.monotonic_ns()
+            sent = record[_SENT_NS] = time.monotonic_ns()
+            self.lateness.append(sent - due)
+
+    def stats(self) -> dict[str, Any]:
+        late = sorted(self.lateness)
+
+        def ms(i: int) -> float | None:
+            return round(late[i] / 1e6, 3) if late else None
+
+        return {
+            "packets": self.count,
+            "actions": self.actions,
+            "write_failures": self.write_failures,
+            "in_flight": len(self.heap),
+            "late_ms_p50": ms(len(late) // 2),
+            "late_ms_p99": ms(len(late) * 99 // 100),
+            "late_ms_max": ms(-1),
+        }
 
     def handle_control(self) -> bool:
         """Serves control requests; returns False when the relay should stop."""
@@ -505,6 +562,8 @@ class _Relay:
             elif op == "clear":
                 self.records.clear()
                 reply = {"ok": True}
+            elif op == "stats":
+                reply = self.stats()
             elif op == "configure":
                 self.config = DelayConfig.from_json(message["config"])
                 self.rng = random.Random(self.config.seed)

@@ -134,6 +134,23 @@ class Lab:
     keys: tuple[TfoKey, ...] = ()
     """Each instance's TFO key, in ``servers`` order (empty: the namespace's own)."""
 
+    def tun_drops(self) -> dict[str, int]:
+        """Packets each namespace's kernel dropped at its TUN device, by namespace name.
+
+        ``tx_dropped`` counts packets the kernel could not queue for the relay (the relay
+        did not read fast enough); with :meth:`DelayLine.stats`' failed writes and
+        lateness, it says whether the lab, not what runs in it, limits a measurement.
+        """
+        from pyroute2 import IPRoute
+
+        drops = {}
+        for ns in (self.client, *self.servers):
+            with IPRoute(netns=ns.name) as ipr:
+                (link,) = ipr.get_links(ifname=self.device)
+                stats = link.get_attr("IFLA_STATS64") or {}
+                drops[ns.name] = int(stats.get("tx_dropped", 0)) + int(stats.get("rx_dropped", 0))
+        return drops
+
 
 def server_address_block(count: int) -> tuple[str, ...]:
     """The first ``count`` extra server addresses: 198.19.0.1-254, 198.19.1.1-254, …

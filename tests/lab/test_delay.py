@@ -90,3 +90,31 @@ def test_ipv6_path_works(fresh_lab: Lab) -> None:
     assert first.cookie_after is not None
     assert second.syn_data_acked
     assert any(r.version == 6 and r.tcp for r in fresh_lab.delay.packets())
+
+
+def test_stats_count_what_the_log_shows_and_the_relay_keeps_time(
+    fresh_lab: Lab, target: tuple[str, int]
+) -> None:
+    from dnstfo.lab.delay import Fault
+
+    before = fresh_lab.delay.stats()
+    for _ in range(3):
+        fresh_lab.client.run(ping_exchange, target)
+    fresh_lab.delay.configure(
+        replace(fresh_lab.delay.config, faults=frozenset({Fault.DROP_SYN_TFO}))
+    )
+    fresh_lab.client.run(ping_exchange, target)  # its SYN carries a cookie: dropped
+    after = fresh_lab.delay.stats()
+    # The log since the first snapshot: record indexes count packets as the stats do.
+    log = [r for r in fresh_lab.delay.packets() if before.packets <= r.index < after.packets]
+    for action in Action:
+        assert after.actions[action] - before.actions[action] == sum(
+            r.action is action for r in log
+        ), action
+    assert after.actions[Action.DROPPED] - before.actions[Action.DROPPED] == 1
+    assert after.packets - before.packets == len(log)
+    assert after.write_failures == before.write_failures
+    assert after.late_ms_p50 is not None
+    assert after.late_ms_p50 < 1.0  # packets leave on time
+    assert set(fresh_lab.tun_drops()) == {fresh_lab.client.name, fresh_lab.server.name}
+    assert all(v == 0 for v in fresh_lab.tun_drops().values())
