@@ -14,7 +14,7 @@ client namespace and prints:
   whose TFO connections found no cookie).
 
 Usage: sudo .venv/bin/python bench/probe_bench.py [--targets 4000] [--concurrency 400]
-       [--rtt 100] [--attempts 2]
+       [--rtt 100] [--attempts 2] [--realtime]
 """
 
 from __future__ import annotations
@@ -70,10 +70,17 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=400)
     ap.add_argument("--rtt", type=float, default=100.0, help="milliseconds")
     ap.add_argument("--attempts", type=int, default=2)
+    ap.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the probe and the server at SCHED_FIFO priority (as the lab's delay line "
+        "and tests do), so other busy processes on a small machine do not add lateness",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces and the delay line)")
     sys.path.insert(0, str(ROOT))
+    from dnstfo.lab.netns import realtime_priority
     from dnstfo.lab.topology import LabSpec, server_address_block, start_lab
     from dnstfo.probe.plan import Plan
 
@@ -92,6 +99,8 @@ def main() -> None:
         )  # fmt: skip
         try:
             wait_listening(lab, 53, serve)
+            if args.realtime:
+                realtime_priority(pid=serve.pid)
             before = counters(lab)
             relay_cpu, serve_cpu = cpu_seconds(lab.delay.pid), cpu_seconds(serve.pid)
             out = Path(tmp, "records.ndjson")
@@ -100,6 +109,8 @@ def main() -> None:
                     "--attempts", str(args.attempts), "-o", str(out)]  # fmt: skip
             started = time.monotonic()
             proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            if args.realtime:
+                realtime_priority(pid=proc.pid)
             _, status, usage = os.wait4(proc.pid, 0)
             elapsed = time.monotonic() - started
             proc.returncode = os.waitstatus_to_exitcode(status)
@@ -116,7 +127,10 @@ def main() -> None:
     verdicts = collections.Counter(r["verdict"] for r in records)
     cpu = usage.ru_utime + usage.ru_stime
     print(f"probe exit status {proc.returncode}; {err.strip()[-400:]}" if proc.returncode else "")
-    print(f"targets {args.targets}, concurrency {args.concurrency}, attempts {args.attempts}")
+    print(
+        f"targets {args.targets}, concurrency {args.concurrency}, attempts {args.attempts}, "
+        f"realtime {args.realtime}, load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"campaign {elapsed:.2f} s, floor {floor:.2f} s, ratio {elapsed / floor:.2f}")
     print(f"CPU {cpu:.2f} s = {1000 * cpu / max(len(records), 1):.2f} ms per target")
     print(f"peak memory (maxrss) {usage.ru_maxrss / 1024:.1f} MiB")
