@@ -4,18 +4,16 @@ With N workers every socket is made before forking: N listeners and N UDP socket
 address, all with SO_REUSEPORT on the same port (port 0 resolves once, with the first),
 each worker keeping its own set so the kernel spreads connections and datagrams over
 them. All listeners get the same TFO key (from ``--tfo-key``, else one generated here),
-so a cookie issued by one worker is accepted by all. The parent forwards SIGHUP, SIGTERM
-and SIGINT to the workers and waits for them.
-
-The supervisor serves the metrics: the sum of the workers' counters (each reports them every
-second, see :mod:`~dnstfo.server.workerstats`) plus the namespace's kernel counters, and
-logs their sum when the workers have stopped.
+so a cookie issued by one worker is accepted by all. The parent supervises them (see
+:mod:`~dnstfo.server.supervisor`): it relays SIGHUP, SIGTERM and SIGINT, restarts a worker
+that dies or hangs, and serves the metrics: the sum of the workers' counters (each reports
+them every second, see :mod:`~dnstfo.server.workerstats`), their liveness, and the
+namespace's kernel counters.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -24,13 +22,13 @@ from collections.abc import Callable
 from dnstfo.answer.authority import Authority
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.sockets import TfoKey
-from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
 from dnstfo.server.stats import start_metrics_server
-from dnstfo.server.workerstats import WorkerStats, report_periodically, write_snapshot
+from dnstfo.server.supervisor import Supervisor
+from dnstfo.server.workerstats import report_periodically, write_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -124,91 +122,8 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
     if config.workers == 1:
         _serve(config, sets[0], authority, on_ready=on_ready)
         return 0
-    return _supervise(config, sets, authority, on_ready)
 
+    def worker_main(pairs: list[ListenerPair], report_fd: int) -> None:
+        _serve(config, pairs, authority, on_ready=on_ready, report_fd=report_fd)
 
-def _die_with_parent() -> None:
-    """Asks the kernel to SIGTERM this worker when the supervisor dies (PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
-def _supervise(
-    config: ServerConfig,
-    sets: list[list[ListenerPair]],
-    authority: Authority,
-    on_ready: Callable[[DnsServer], None] | None,
-) -> int:
-    """Forks one worker per socket set, serves their summed metrics and relays signals
-    until they all exit."""
-    pids: list[int] = []
-    pipes = [os.pipe() for _ in sets]
-    try:
-        kernel = read_counters()
-    except OSError:
-        kernel = None
-
-    def relay(signum: int, _frame: object) -> None:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    relayed = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, relay) for sig in relayed}
-    for index, pairs in enumerate(sets):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                for sig in relayed:  # SIGHUP stays blocked until the worker's loop takes it
-                    signal.signal(sig, signal.SIG_DFL)
-                _die_with_parent()
-                for other in sets:
-                    if other is not pairs:
-                        for pair in other:
-                            pair.close()
-                for i, (read_end, write_end) in enumerate(pipes):
-                    os.close(read_end)
-                    if i != index:
-                        os.close(write_end)
-                _serve(config, pairs, authority, on_ready=on_ready, report_fd=pipes[index][1])
-            except BaseException:
-                log.exception("worker %d failed", index)
-                code = 1
-            finally:
-                logging.shutdown()
-                os._exit(code)
-        pids.append(pid)
-    for pairs in sets:
-        for pair in pairs:
-            pair.close()
-    for _, write_end in pipes:
-        os.close(write_end)
-    counters = WorkerStats([read_end for read_end, _ in pipes], kernel)
-    counters.start()
-    log.info("started %d workers: %s", len(pids), " ".join(map(str, pids)))
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # relay one sent meanwhile
-    status = 0
-    if config.metrics is not None:
-        try:
-            start_metrics_server(counters.total, config.metrics.host, config.metrics.port)
-            log.info("metrics on http://%s/metrics", config.metrics)
-        except OSError as exc:
-            log.error("cannot serve metrics on %s: %s; stopping the workers", config.metrics, exc)
-            relay(signal.SIGTERM, None)
-            status = 1
-    try:
-        for pid in pids:
-            _, wait_status = os.waitpid(pid, 0)
-            if os.waitstatus_to_exitcode(wait_status) != 0:
-                status = 1
-    finally:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # nobody left to reload
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    counters.join(5.0)
-    log.info("all %d workers stopped: %s", len(pids), counters.total().summary())
-    return status
+    return Supervisor(config, listen, key, worker_main).run(sets)

@@ -1,11 +1,16 @@
-"""The counters of ``--workers N`` processes, summed in the supervisor.
+"""The counters and liveness of ``--workers N`` processes, kept by the supervisor.
 
 Each worker writes a snapshot of its counters (one JSON line) to its own pipe every
-``REPORT_INTERVAL_S`` and once more when it stops. The supervisor keeps each worker's
-latest line and sums them when Prometheus scrapes and for the summary at exit, so the
-metrics are at most one interval behind. A line is at most a few hundred bytes, well under
-PIPE_BUF, so each write is atomic; when the pipe is full the snapshot is skipped (the next
-one carries the same counters and more).
+``REPORT_INTERVAL_S`` and once more when it stops. The supervisor feeds what it reads to
+:class:`WorkerReports`, which keeps each worker's latest line and sums them when
+Prometheus scrapes and for the summary at exit, so the metrics are at most one interval
+behind. A line is at most a few hundred bytes, well under PIPE_BUF, so each write is
+atomic; when the pipe is full the snapshot is skipped (the next one carries the same
+counters and more). A worker that dies keeps its last report in the sum: its successor
+starts from zero.
+
+The reports double as a heartbeat: a worker whose loop is stuck (or stopped) falls
+silent, and the supervisor restarts it (see :mod:`~dnstfo.server.supervisor`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ import contextlib
 import json
 import logging
 import os
-import selectors
 import threading
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from dnstfo.kernel.sysctl import FastOpenCounters
 from dnstfo.server.stats import ServerStats
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 log = logging.getLogger(__name__)
 
@@ -43,64 +52,96 @@ async def report_periodically(stats: ServerStats, fd: int) -> None:
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
-class WorkerStats:
-    """Reads the workers' snapshot lines in a thread; :meth:`total` sums the latest ones.
+class WorkerReports:
+    """Each worker's latest counters and whether it is up; safe to read from any thread.
 
     Args:
-        fds: the read ends of the workers' pipes (closed when their workers exit).
+        workers: how many workers there are (indexes 0 to workers - 1).
         kernel_at_start: the namespace's TFO counters when the workers started.
     """
 
-    def __init__(self, fds: list[int], kernel_at_start: FastOpenCounters | None) -> None:
+    def __init__(self, workers: int, kernel_at_start: FastOpenCounters | None) -> None:
+        self.workers = workers
         self._kernel_at_start = kernel_at_start
-        self._latest: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._fds = fds
-        self._thread = threading.Thread(target=self._read, name="worker-stats", daemon=True)
+        self._latest: dict[int, dict[str, Any]] = {}
+        self._retired: list[dict[str, Any]] = []
+        self._buffers: dict[int, bytes] = {}
+        self._up = dict.fromkeys(range(workers), False)
+        self.restarts: Counter[int] = Counter()
+        """Restarts of each worker (by index)."""
 
-    def start(self) -> None:
-        """Starts reading."""
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        """Waits until every pipe has ended (the workers exited), at most ``timeout`` s."""
-        self._thread.join(timeout)
-
-    def total(self) -> ServerStats:
-        """The sum of every worker's latest counters."""
-        total = ServerStats(kernel_at_start=self._kernel_at_start)
+    def started(self, index: int, *, restart: bool) -> None:
+        """A worker (re)started: it is up, with no report yet."""
         with self._lock:
-            latest = list(self._latest.values())
-        for snapshot in latest:
-            total.add(snapshot)
-        return total
+            self._up[index] = True
+            self._buffers[index] = b""
+            if restart:
+                self.restarts[index] += 1
 
-    def _read(self) -> None:
-        buffers = dict.fromkeys(self._fds, b"")
-        with selectors.DefaultSelector() as selector:
-            for fd in self._fds:
-                selector.register(fd, selectors.EVENT_READ)
-            while buffers:
-                for key, _ in selector.select():
-                    fd = int(key.fd)
-                    data = os.read(fd, 65536)
-                    if not data:
-                        selector.unregister(fd)
-                        os.close(fd)
-                        del buffers[fd]
-                        continue
-                    *lines, buffers[fd] = (buffers[fd] + data).split(b"\n")
-                    self._keep_latest(fd, lines)
-
-    def _keep_latest(self, fd: int, lines: list[bytes]) -> None:
-        """Keeps the last good snapshot among ``lines``."""
+    def feed(self, index: int, data: bytes) -> bool:
+        """Takes bytes read from a worker's pipe; returns whether a good report completed."""
+        *lines, self._buffers[index] = (self._buffers.get(index, b"") + data).split(b"\n")
         for line in reversed(lines):
             try:
                 snapshot = json.loads(line)
                 ServerStats().add(snapshot)  # check it before keeping it
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("bad counters from a worker: %s", exc)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("bad counters from worker %d: %s", index, exc)
                 continue
             with self._lock:
-                self._latest[fd] = snapshot
-            return
+                self._latest[index] = snapshot
+            return True
+        return False
+
+    def ended(self, index: int) -> None:
+        """A worker exited: it is down, and its last report stays in the sum."""
+        with self._lock:
+            self._up[index] = False
+            snapshot = self._latest.pop(index, None)
+            if snapshot is not None:
+                self._retired.append(snapshot)
+
+    def up(self, index: int) -> bool:
+        """Whether the worker is running now."""
+        with self._lock:
+            return self._up[index]
+
+    def total(self) -> ServerStats:
+        """The sum of every worker's latest counters, and of the workers that died."""
+        total = ServerStats(kernel_at_start=self._kernel_at_start)
+        with self._lock:
+            snapshots = [*self._retired, *self._latest.values()]
+        for snapshot in snapshots:
+            total.add(snapshot)
+        return total
+
+    def collector(self) -> WorkerCollector:
+        """A Prometheus collector of the workers' liveness and restarts."""
+        return WorkerCollector(self)
+
+
+class WorkerCollector:
+    """``dnstfo_worker_up{worker="i"}`` (1 while running) and
+    ``dnstfo_worker_restarts_total{worker="i"}``."""
+
+    def __init__(self, reports: WorkerReports) -> None:
+        self._reports = reports
+
+    def collect(self) -> Iterator[Metric]:
+        """Yields the metric families (called by prometheus_client on each scrape)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily(
+            "dnstfo_worker_up",
+            "1 while the worker process runs, 0 while restarting",
+            labels=["worker"],
+        )
+        restarts = CounterMetricFamily(
+            "dnstfo_worker_restarts", "Times the worker was restarted", labels=["worker"]
+        )
+        for index in range(self._reports.workers):
+            up.add_metric([str(index)], 1.0 if self._reports.up(index) else 0.0)
+            restarts.add_metric([str(index)], float(self._reports.restarts[index]))
+        yield up
+        yield restarts
