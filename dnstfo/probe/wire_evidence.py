@@ -148,8 +148,10 @@ def wire_evidence(packets: Iterable[bytes], client: tuple[str, int]) -> WireEvid
     syns: list[_Segment] = []
     synack: _Segment | None = None
     for packet in packets:
+        if not _raw_flags(packet) & _SYN:
+            continue  # only SYNs and SYN-ACKs are parsed (scapy is slow per packet)
         seg = parse_segment(packet)
-        if seg is None or not seg.flags & _SYN:
+        if seg is None:
             continue
         from_us = (ipaddress.ip_address(seg.src[0]), seg.src[1]) == ours
         if from_us and not seg.flags & _ACK:
@@ -173,6 +175,20 @@ def wire_evidence(packets: Iterable[bytes], client: tuple[str, int]) -> WireEvid
         retransmitted_syn_kind=last.kind if resent else None,
         retransmitted_syn_data_len=last.payload_len if resent else 0,
     )
+
+
+def _raw_flags(packet: bytes) -> int:
+    """The TCP flags of an IP packet read from its bytes (0 when it is not TCP)."""
+    if not packet:
+        return 0
+    version = packet[0] >> 4
+    if version == 4 and len(packet) >= 20 and packet[9] == socket.IPPROTO_TCP:
+        offset = (packet[0] & 0x0F) * 4
+    elif version == 6 and len(packet) >= 40 and packet[6] == socket.IPPROTO_TCP:
+        offset = 40
+    else:
+        return 0
+    return packet[offset + 13] if len(packet) > offset + 13 else 0
 
 
 # --- capture -------------------------------------------------------------------------------
