@@ -90,6 +90,7 @@ class _Flight:
         "fallback",
         "in_syn",
         "question",
+        "reading",
         "reason",
         "sock",
         "wall",
@@ -108,6 +109,7 @@ class _Flight:
         self.reason: str | None = None
         self.at_connect: TcpInfo | None = None
         self.question = b""
+        self.reading = False
 
 
 class Multiplexer:
@@ -221,7 +223,11 @@ class Multiplexer:
                     raise NetworkError.from_oserror("sending the query", exc) from exc
                 if ex.unsent:
                     return
+            if not flight.reading:
+                # All sent (in the SYN, or now): wait for reading only. A socket left
+                # registered for writing would wake the loop on every pass.
                 self._sel.modify(sock, selectors.EVENT_READ, flight)
+                flight.reading = True
             self._read(flight)
         except DnstfoError as exc:
             self._finish(flight, None, None, 0, exc)
