@@ -218,9 +218,12 @@ def _render_lab(running: Lab, hints: bool = False) -> None:
     from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
 
     server_ns, client, host = running.server.name, running.client.name, running.server_v4
+    listen = "0.0.0.0" if running.server_addresses else host
     click.echo("run     a command in a namespace: ip netns exec NAME COMMAND, for example")
     click.echo(f"        ip netns exec {server_ns} dnstfo serve --zone {_near(DEFAULT_ZONES)} "
-               f"--listen {host}:53")  # fmt: skip
+               f"--listen {listen}:53")  # fmt: skip
+    if len(running.servers) > 1:
+        click.echo("        (and the same in every server namespace of the anycast pool)")
     click.echo(f"        ip netns exec {client} dnstfo query {QNAME} @{host} +compare")
 
 

@@ -193,6 +193,8 @@ def test_backgrounded_lab_up_with_a_name_stops_on_sigint() -> None:
             assert f"ip netns exec {server} dnstfo serve" in out
             assert f"ip netns exec {client} dnstfo query" in out
             assert f"server2 {second}" in out
+            assert "--listen 0.0.0.0:53" in out
+            assert "the same in every server namespace" in out
             assert "and 300 more: 198.19.0.1 .. 198.19.1.46" in out
             assert "anycast 2 instances, flows split by hash, each its own TFO key" in out
             assert {client, server, second} <= set(lab_namespaces())
