@@ -140,6 +140,9 @@ def main() -> None:
         f"({100 * serve_cpu / elapsed:.0f}%), probe {100 * cpu / elapsed:.0f}%"
     )
     print(f"records {len(records)}; verdicts {dict(verdicts)}")
+    reasons = collections.Counter(r["reason"][:90] for r in records if r["verdict"] != "works")
+    for reason, n in reasons.most_common(3):
+        print(f"  {n} x {reason}")
     print(f"cookies cached at the end {cached}")
     delta = {
         k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)
