@@ -274,7 +274,9 @@ def probe_targets(
     """Runs the plan for every target; yields each target's record as soon as it is done.
 
     Records come in completion order. Closing the iterator (or Ctrl-C) abandons the
-    targets in progress; every record already yielded is complete.
+    targets in progress; every record already yielded is complete. The process's
+    open-file limit is raised to what ``concurrency`` needs (one socket per target in
+    progress), within its hard limit.
 
     Args:
         config: the plan, query and pace.
@@ -283,7 +285,7 @@ def probe_targets(
         progress: told (finished, connections in flight) after each wake-up.
 
     Raises:
-        UsageError: the query cannot be built.
+        UsageError: the query cannot be built, or the hard open-file limit is too low.
     """
     clock = clock or MonotonicClock()
     ensure_descriptors(config.concurrency)
