@@ -1,10 +1,11 @@
 """``dnstfo serve``: options and a TOML file -> ServerConfig -> run.
 
 A config file (``--config``, TOML) holds the same settings as the options, with the
-option names as keys (``zone``, ``listen`` (list), ``tfo-queue``, ``tfo-key``, ``workers``,
-``metrics``, ``query-log``, ``axfr-allow`` (list), ``rrl``, ``rrl-slip``) plus a ``[limits]`` table
-(``max-connections``, ``max-per-client``, ``idle-timeout``, ``lifetime``, ``max-queries``).
-Options given on the command line override the file.
+option names as keys, plus a ``[limits]`` table; ``contrib/dnstfo.toml`` shows and
+explains every key. Each key has one type (:data:`_TYPES`): a value of another type is
+an error that names the key and the type it takes. The list keys (``listen``,
+``axfr-allow``) also take one string, as a list of one. Options given on the command
+line override the file.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 import logging
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,6 +32,8 @@ from dnstfo.server.config import (
 from dnstfo.server.rrl import RrlConfig
 from dnstfo.wire.connection import NS_PER_S
 
+_T = TypeVar("_T")
+
 _LIMITS = Limits()
 _POLICY = _LIMITS.connection
 """The defaults, shown in --help."""
@@ -39,37 +43,103 @@ _LIMIT_KEYS = {
     "idle-timeout": "idle_timeout",
     "lifetime": "lifetime",
     "max-queries": "max_queries",
+    "write-stall": "write_stall",
 }
-_TOP_KEYS = {
-    "zone",
-    "listen",
-    "tfo-queue",
-    "tfo-key",
-    "workers",
-    "metrics",
-    "query-log",
-    "axfr-allow",
-    "limits",
-    "rrl",
-    "rrl-slip",
+_TYPES = {
+    "zone": "string",
+    "listen": "strings",
+    "tfo-queue": "integer",
+    "tfo-key": "string",
+    "workers": "integer",
+    "metrics": "string",
+    "query-log": "string",
+    "axfr-allow": "strings",
+    "rrl": "integer",
+    "rrl-slip": "integer",
+    "pidfile": "string",
+    "limits": "table",
 }
+"""The type of each top-level key of the config file."""
+_LIMIT_TYPES = {"idle-timeout": "number", "lifetime": "number", "write-stall": "number"}
+"""The type of each ``[limits]`` key that is not an integer."""
+_TYPE_WORDS = {
+    "string": "a string",
+    "strings": 'a list of strings, e.g. ["127.0.0.1:53"] (or one string)',
+    "integer": "an integer",
+    "number": "a number of seconds",
+    "table": "a table",
+}
+
+
+def _describe(value: Any) -> str:
+    """A TOML value's type and value in words, for an error message."""
+    kinds = (
+        (bool, "the boolean"),
+        (int, "the integer"),
+        (float, "the number"),
+        (str, "the string"),
+        (list, "the list"),
+        (dict, "a table"),
+    )
+    for kind, words in kinds:
+        if isinstance(value, kind):
+            return words if kind is dict else f"{words} {value!r}"
+    return f"{type(value).__name__} {value!r}"  # dates and times
+
+
+def _typed(where: str, key: str, value: Any, kind: str) -> Any:
+    """``value`` checked against ``kind`` (one string becomes a list for ``strings``).
+
+    Raises:
+        UsageError: the value is of another type; the message names the key.
+    """
+    plain = not isinstance(value, bool)
+    ok = {
+        "string": isinstance(value, str),
+        "strings": isinstance(value, list) and all(isinstance(v, str) for v in value),
+        "integer": plain and isinstance(value, int),
+        "number": plain and isinstance(value, int | float),
+        "table": isinstance(value, dict),
+    }[kind]
+    if kind == "strings" and isinstance(value, str):
+        return [value]
+    if not ok:
+        raise UsageError(f"{where}: {key} must be {_TYPE_WORDS[kind]}, not {_describe(value)}")
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    """Reads a config file and checks each key and the type of its value.
+
+    Raises:
+        UsageError: unreadable, not TOML, an unknown key or a value of the wrong type.
+    """
     try:
         with path.open("rb") as f:
             data = tomllib.load(f)
     except OSError as exc:
         raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {path}: {exc}") from exc
-    unknown = set(data) - _TOP_KEYS
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path}: not TOML: {exc}") from exc
+    where = f"config file {path}"
+    unknown = set(data) - set(_TYPES)
     if unknown:
-        raise UsageError(f"config file {path}: unknown keys {', '.join(sorted(unknown))}")
-    limits = data.get("limits", {})
-    if not isinstance(limits, dict) or set(limits) - set(_LIMIT_KEYS):
-        raise UsageError(f"config file {path}: [limits] takes {', '.join(_LIMIT_KEYS)}")
-    return data
+        raise UsageError(
+            f"{where}: unknown keys {', '.join(sorted(unknown))} (known: {', '.join(_TYPES)})"
+        )
+    checked = {key: _typed(where, key, value, _TYPES[key]) for key, value in data.items()}
+    limits = checked.get("limits", {})
+    unknown = set(limits) - set(_LIMIT_KEYS)
+    if unknown:
+        raise UsageError(
+            f"{where}: unknown keys in [limits]: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(_LIMIT_KEYS)})"
+        )
+    checked["limits"] = {
+        key: _typed(where, f"limits.{key}", value, _LIMIT_TYPES.get(key, "integer"))
+        for key, value in limits.items()
+    }
+    return checked
 
 
 def build_config(options: dict[str, Any]) -> ServerConfig:
@@ -79,45 +149,67 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         options: option values by option name (``None`` / empty: not given).
 
     Raises:
-        UsageError: a value is wrong, or no zone directory was given.
+        UsageError: a value is wrong (a file's value: the message names the file and key),
+            or no zone directory was given.
     """
     file: dict[str, Any] = {}
+    where = ""
     if options.get("config"):
         file = _read_toml(Path(options["config"]))
+        where = f"config file {options['config']}"
+
+    def given(name: str) -> bool:
+        value = options.get(name.replace("-", "_"))
+        return value is not None and value != ()
 
     def pick(name: str) -> Any:
-        value = options.get(name.replace("-", "_"))
-        if value is None or value == ():
-            value = file.get(name)
-        return value
+        return options.get(name.replace("-", "_")) if given(name) else file.get(name)
+
+    def parse(name: str, convert: Callable[[Any], _T]) -> _T:
+        """Converts the value of ``name``; an error in the file's value names the key."""
+        try:
+            return convert(pick(name))
+        except UsageError as exc:
+            if given(name) or name not in file:
+                raise
+            raise UsageError(f"{where}: {name}: {exc}") from exc
 
     zone = pick("zone")
     if zone is None:
         raise UsageError("a zone directory is needed (--zone DIR or zone = in the config)")
-    listen = pick("listen") or [f"127.0.0.1:{DEFAULT_PORT}"]
-    metrics = pick("metrics")
-    key = pick("tfo-key")
     limits_file = file.get("limits", {})
     limit_values = {
         field: options.get(field) if options.get(field) is not None else limits_file.get(key_)
         for key_, field in _LIMIT_KEYS.items()
     }
     try:
-        query_log = QueryLog(pick("query-log") or "off")
-    except ValueError as exc:
-        raise UsageError("query-log is off, text or json") from exc
+        limits = Limits.from_seconds(**limit_values)
+    except UsageError as exc:
+        raise UsageError(f"{where}: [limits]: {exc}" if limits_file else str(exc)) from exc
+    pidfile = pick("pidfile")
     return ServerConfig(
         zone_dir=Path(zone),
-        listen=tuple(Endpoint.parse(str(text)) for text in listen),
+        listen=parse(
+            "listen",
+            lambda v: tuple(Endpoint.parse(str(t)) for t in v or [f"127.0.0.1:{DEFAULT_PORT}"]),
+        ),
         tfo_queue=int(pick("tfo-queue") or DEFAULT_TFO_QUEUE),
-        tfo_key_file=Path(key) if key else None,
+        tfo_key_file=Path(key) if (key := pick("tfo-key")) else None,
         workers=int(pick("workers") or 1),
-        metrics=Endpoint.parse(str(metrics), default_port=9153) if metrics else None,
-        query_log=query_log,
-        axfr_allow=tuple(parse_network(str(n)) for n in pick("axfr-allow") or ()),
-        limits=Limits.from_seconds(**limit_values),
-        rrl=_rrl(pick("rrl"), pick("rrl-slip")),
+        metrics=parse("metrics", lambda v: Endpoint.parse(v, default_port=9153) if v else None),
+        query_log=parse("query-log", _query_log),
+        axfr_allow=parse("axfr-allow", lambda v: tuple(parse_network(str(n)) for n in v or ())),
+        limits=limits,
+        rrl=parse("rrl", lambda _: _rrl(pick("rrl"), pick("rrl-slip"))),
+        pidfile=Path(pidfile) if pidfile else None,
     )
+
+
+def _query_log(value: str | None) -> QueryLog:
+    try:
+        return QueryLog(value or "off")
+    except ValueError as exc:
+        raise UsageError("query-log is off, text or json") from exc
 
 
 def _rrl(rate: Any, slip: Any) -> RrlConfig:
@@ -173,6 +265,12 @@ def _rrl(rate: Any, slip: Any) -> RrlConfig:
     "--max-queries", type=int, help=f"Queries per TCP connection [{_POLICY.max_queries}]."
 )
 @click.option(
+    "--write-stall",
+    type=float,
+    help="Seconds a TCP connection may leave its socket full before it is closed "
+    f"(a client that does not read) [{_POLICY.write_stall_ns // NS_PER_S}].",
+)
+@click.option(
     "--rrl",
     type=int,
     metavar="RATE",
@@ -184,6 +282,11 @@ def _rrl(rate: Any, slip: Any) -> RrlConfig:
     metavar="N",
     help="Of the responses over --rrl, send every Nth truncated so the client retries "
     f"over TCP; 0: drop all [{RrlConfig().slip}].",
+)
+@click.option(
+    "--pidfile",
+    type=click.Path(dir_okay=False),
+    help="Write the server's process ID here once its sockets are bound; removed at exit.",
 )
 def serve(**options: Any) -> None:
     """Serve zones over TCP with TCP Fast Open, and over UDP.

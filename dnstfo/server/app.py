@@ -329,16 +329,17 @@ async def serve_until_signalled(
 ) -> None:
     """Runs ``server`` until SIGTERM or SIGINT; SIGHUP reloads. Main thread only.
 
-    The handlers are installed before the server accepts anything, and SIGHUP is then
-    unblocked (``run`` blocks it before binding), so a SIGHUP sent at any time after
-    start-up is a reload: one that came earlier is delivered now.
+    The handlers are installed before the server accepts anything, and the signals are
+    then unblocked (``run`` blocks SIGHUP before binding; a worker also SIGTERM and
+    SIGINT), so a SIGHUP sent at any time after start-up is a reload and a SIGTERM a
+    graceful stop: one that came earlier is delivered now.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, server.request_reload)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP, signal.SIGTERM, signal.SIGINT})
     try:
         await server.start()
         if on_ready is not None:

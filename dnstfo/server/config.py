@@ -180,6 +180,8 @@ class ServerConfig:
     """Largest UDP response when the client's EDNS allows more (DNS flag day 2020)."""
     reuseport: bool = False
     """Set SO_REUSEPORT on the sockets (implied by workers > 1)."""
+    pidfile: Path | None = None
+    """File to write the server's process ID to once its sockets are bound."""
     rrl: RrlConfig = field(default_factory=RrlConfig)
     """UDP response rate limiting (off by default)."""
 

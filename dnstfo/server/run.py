@@ -26,6 +26,7 @@ from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_unt
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
+from dnstfo.server.pidfile import remove_pidfile, write_pidfile
 from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.supervisor import Supervisor
 from dnstfo.server.workerstats import report_periodically, write_snapshot
@@ -119,11 +120,17 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
             for pair in pairs:
                 pair.close()
         raise
-    if config.workers == 1:
-        _serve(config, sets[0], authority, on_ready=on_ready)
-        return 0
+    try:
+        if config.pidfile is not None:
+            write_pidfile(config.pidfile)
+        if config.workers == 1:
+            _serve(config, sets[0], authority, on_ready=on_ready)
+            return 0
 
-    def worker_main(pairs: list[ListenerPair], report_fd: int) -> None:
-        _serve(config, pairs, authority, on_ready=on_ready, report_fd=report_fd)
+        def worker_main(pairs: list[ListenerPair], report_fd: int) -> None:
+            _serve(config, pairs, authority, on_ready=on_ready, report_fd=report_fd)
 
-    return Supervisor(config, listen, key, worker_main).run(sets)
+        return Supervisor(config, listen, key, worker_main).run(sets)
+    finally:
+        if config.pidfile is not None:  # not in workers: they leave with os._exit
+            remove_pidfile(config.pidfile)

@@ -20,8 +20,8 @@ ends once every worker has exited and its pipe is drained (a worker still runnin
 ``STOP_TIMEOUT_S`` later is killed).
 
 Signals that arrive while a worker is being forked are blocked around the fork, so the
-child never runs the supervisor's handlers; it keeps SIGHUP blocked until its own event
-loop handles it (see :func:`~dnstfo.server.app.serve_until_signalled`).
+child never runs the supervisor's handlers; it keeps SIGHUP, SIGTERM and SIGINT blocked
+until its own event loop handles them (see :func:`~dnstfo.server.app.serve_until_signalled`).
 """
 
 from __future__ import annotations
@@ -239,8 +239,9 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         for sig in _HANDLED:
             signal.signal(sig, signal.SIG_DFL)
-        # SIGHUP stays blocked until the worker's event loop takes it.
-        signal.pthread_sigmask(signal.SIG_SETMASK, {*mask, signal.SIGHUP})
+        # SIGHUP, SIGTERM and SIGINT stay blocked until the worker's event loop takes them:
+        # a stop asked for while the worker starts is then a graceful one.
+        signal.pthread_sigmask(signal.SIG_SETMASK, {*mask, *_RELAYED})
         _die_with_parent()
         self._selector.close()
         for fd in (own_read_end, self._wake_r, self._wake_w):

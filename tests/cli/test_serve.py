@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import signal
 import stat
 import time
@@ -213,3 +214,76 @@ def test_serve_process_sighup_reload_and_sigterm(tmp_path: Path, workers: int) -
             line for line in err.splitlines() if " stopped: " in line and "all" not in line
         ]
         assert all(" 0 queries" not in line for line in summaries), summaries
+
+
+EXAMPLE = Path(__file__).parents[2] / "contrib" / "dnstfo.toml"
+
+
+def config_error(tmp_path: Path, text: str) -> str:
+    """The one error line of ``serve --config`` with a file holding ``text``."""
+    conf = tmp_path / "serve.toml"
+    conf.write_text(text)
+    result = CliRunner().invoke(main, ["serve", "--config", str(conf)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: config file {conf}: ")
+    assert result.output.count("\n") == 1, result.output
+    return result.output[len(f"Error: config file {conf}: ") :].strip()
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ('zone = "z"\nworkers = "2"\n', "workers must be an integer, not the string '2'"),
+        ('zone = "z"\nworkers = true\n', "workers must be an integer, not the boolean True"),
+        ("zone = 5\n", "zone must be a string, not the integer 5"),
+        (
+            'zone = "z"\nlisten = 53\n',
+            'listen must be a list of strings, e.g. ["127.0.0.1:53"] (or one string), '
+            "not the integer 53",
+        ),
+        ('zone = "z"\nlimits = 3\n', "limits must be a table, not the integer 3"),
+        (
+            'zone = "z"\n[limits]\nidle-timeout = "3s"\n',
+            "limits.idle-timeout must be a number of seconds, not the string '3s'",
+        ),
+        (
+            'zone = "z"\n[limits]\nmax-connections = 1.5\n',
+            "limits.max-connections must be an integer, not the number 1.5",
+        ),
+        ('zone = "z"\n[limits]\nidle = 3\n', "unknown keys in [limits]: idle (known: "),
+        (
+            'zone = "z"\nlisten = ["::1:53"]\n',
+            "listen: IPv6 address '::1:53' needs brackets: write [::1]:53 or [::1:53] (port 5353)",
+        ),
+        ('zone = "z"\nquery-log = "yes"\n', "query-log: query-log is off, text or json"),
+        ('zone = "z"\n[limits]\nlifetime = -1\n', "[limits]: "),
+        ("zone = [", "not TOML: "),
+    ],
+)
+def test_config_file_errors_name_the_key_and_type(tmp_path: Path, text: str, error: str) -> None:
+    assert config_error(tmp_path, text).startswith(error)
+
+
+def test_config_list_keys_take_one_string(tmp_path: Path) -> None:
+    conf = tmp_path / "serve.toml"
+    conf.write_text('zone = "z"\nlisten = "127.0.0.1:53"\naxfr-allow = "192.0.2.0/24"\n')
+    config = build_config(options(config=str(conf)))
+    assert config.listen == (Endpoint("127.0.0.1", 53),)
+    assert config.axfr_allow == (ipaddress.ip_network("192.0.2.0/24"),)
+
+
+def test_example_config_documents_every_key_and_parses(tmp_path: Path) -> None:
+    from dnstfo.cli.serve import _LIMIT_KEYS, _TYPES
+
+    text = EXAMPLE.read_text()
+    for key in [*_TYPES, *_LIMIT_KEYS]:
+        if key != "limits":
+            assert re.search(rf"^(# )?{key} = ", text, re.MULTILINE), f"{key} not in the example"
+    # The file as shipped, and with every example value switched on, is a valid config.
+    build_config(options(config=str(EXAMPLE)))
+    every = tmp_path / "every.toml"
+    every.write_text(re.sub(r"^# (\S+ = )", r"\1", text, flags=re.MULTILINE))
+    config = build_config(options(config=str(every)))
+    assert config.workers == 2
+    assert config.limits.connection.write_stall_ns == 5_000_000_000
+    assert config.pidfile == Path("/run/dnstfo/dnstfo.pid")
