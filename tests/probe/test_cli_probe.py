@@ -135,3 +135,12 @@ def test_probe_writes_records_and_a_summary(
     assert "verdict: works:" in stderr
     assert "priming" in stderr
     assert "tfo" in stderr
+
+
+def test_targets_from_stdin_name_bad_lines() -> None:
+    r = run("--targets", "-", stdin="# only bad lines\n224.0.0.1\n192.0.2.1:99999\n")
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert lines[0] == "dnstfo probe: skipped -:2: 224.0.0.1 is a multicast address: refused"
+    assert lines[1].startswith("dnstfo probe: skipped -:3: not a port")
+    assert lines[2] == "dnstfo probe: nothing to probe: give TARGETs, --targets FILE or --ns ZONE"
