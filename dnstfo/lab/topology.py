@@ -48,6 +48,8 @@ MAX_SERVER_ADDRESSES = 256 * 254
 """Extra addresses the block holds without last octets 0 and 255."""
 MAX_ANYCAST = 16
 """Most server instances in an anycast pool."""
+TUN_QUEUE = 10_000
+"""Packets each TUN device queues for the relay (txqueuelen)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,4 +270,6 @@ def _configure(ns: Namespace, local: str, peer: str, local_v6: str | None) -> No
         ipr.addr("add", index=index, local=local, address=peer, prefixlen=32)
         if local_v6 is not None:
             ipr.addr("add", index=index, address=local_v6, prefixlen=64, flags=_IFA_F_NODAD)
-        ipr.link("set", index=index, state="up")
+        # A long queue to the relay: a thousand SYNs sent at once must wait, not be dropped
+        # (the default 500 drops some when a probe opens a thousand connections).
+        ipr.link("set", index=index, state="up", txqlen=TUN_QUEUE)
