@@ -123,6 +123,8 @@ class TcpSession:
         defer: takes forwardable queries to answer later (None: answer all now).
         wake: called after :meth:`deliver` (the driver then services this session, as
             after any input); the driver may also set it later.
+        local: our address and port on this connection, for the query log (None: not
+            known).
     """
 
     __slots__ = (
@@ -139,6 +141,7 @@ class TcpSession:
         "_transfers",
         "client",
         "conn",
+        "local",
         "port",
         "query_log",
         "responder",
@@ -158,6 +161,7 @@ class TcpSession:
         clock: Callable[[], int] = monotonic_ns,
         defer: Deferrer | None = None,
         wake: Callable[[], None] | None = None,
+        local: tuple[str, int] | None = None,
     ) -> None:
         self._clock = clock
         self.responder = responder
@@ -166,6 +170,7 @@ class TcpSession:
         self.stats = stats
         self.query_log = query_log
         self.wake = wake
+        self.local = local
         self._defer = defer
         self._from_syn = syn_data
         """The next batch is the SYN's: only the first, when the SYN carried data."""
@@ -465,6 +470,8 @@ class TcpSession:
             transport="tcp",
             syn_data=from_syn,
             latency_ns=self._clock() - read_at,
+            local=self.local[0] if self.local else None,
+            local_port=self.local[1] if self.local else None,
         )
 
     # ---- closing -------------------------------------------------------------------------

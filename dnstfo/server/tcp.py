@@ -244,6 +244,7 @@ class TcpServer:
     def _accept(self, listener: socket.socket) -> None:
         stats, limits, per_client = self.stats, self.limits, self.per_client
         family = listener.family  # once per wake-up, not per connection
+        log_queries = self.query_log.enabled
         # What socket.accept calls, without its two enum conversions per connection.
         accept = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
@@ -290,6 +291,7 @@ class TcpServer:
                 self.query_log,
                 self.clock,
                 self.defer,
+                local=sock.getsockname()[:2] if log_queries else None,  # one syscall: log only
             )
             conn = _Connection(sock, address, key, session)
             session.wake = functools.partial(self._step, conn, self._service)

@@ -11,7 +11,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from dnstfo.server.config import Limits
+from dnstfo.server.config import Limits, QueryLog
 from dnstfo.server.stats import Limit
 from dnstfo.wire.framing import FrameDecoder, frame
 from tests.server.conftest import ServerThread, read_messages, tcp_connect
@@ -212,3 +212,13 @@ def test_no_crash_when_client_closes_with_queries_pending(
     host, port = server.address
     q = dns.message.make_query("www.test.example.", "A")
     assert dns.query.tcp(q, host, port=port, timeout=5).answer
+
+
+def test_query_log_names_the_local_address(make_server, caplog) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(query_log=QueryLog.TEXT)
+    host, port = server.address
+    with caplog.at_level("INFO", logger="dnstfo.query"), tcp_connect(server.address) as sock:
+        sock.sendall(frame(query_wire("www.test.example.", 1)))
+        assert len(read_messages(sock, 1)) == 1
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "dnstfo.query"]
+    assert f"-> {host}#{port} www.test.example. A NOERROR tcp" in line
