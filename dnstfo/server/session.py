@@ -311,6 +311,13 @@ class TcpSession:
         self._count(reason)
         self._close_now()
 
+    def abort(self) -> None:
+        """Forgets everything at once: the driver closed the socket on its own (a failure,
+        or shutdown's grace ran out). Owed answers are counted as dropped."""
+        if not self._hard:
+            self.conn.close(CloseReason.SERVER_ERROR)
+            self._close_now()
+
     # ---- outputs -------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes | memoryview:

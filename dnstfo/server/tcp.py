@@ -402,8 +402,7 @@ class TcpServer:
         del self._lru[conn.fd]
         sock.close()  # the epoll set forgets the descriptor with it
         session = conn.session
-        if not session.close_expected():  # a bug or shutdown's grace ran out
-            session.receive_eof(self.clock())
+        session.abort()  # (when the driver closes on its own: a failure, or the grace ran out)
         reason = session.close_reason
         _debug(conn.client, "closed: %s", reason.value if reason else "-")
         left = self.per_client.get(conn.key, 1) - 1
