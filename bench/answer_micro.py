@@ -1,9 +1,8 @@
 """Micro-benchmark of the answer path: µs per query on a cache hit and on a miss.
 
 Run: ``.venv/bin/python bench/answer_micro.py [zone directory]``. Prints one line per case:
-the cache hit (NXDOMAIN and NODATA are never cached: their "hit" is the index), the miss
-as served, and the miss with every answer rendered by dnspython (``negative_index=False``:
-what NXDOMAIN and NODATA cost before the negative index).
+the cache hit, the miss as served, and the miss with every answer rendered by dnspython
+(``negative_index=False``: what NXDOMAIN and NODATA cost before the negative index).
 """
 
 from __future__ import annotations

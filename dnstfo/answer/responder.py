@@ -29,8 +29,9 @@ the same transport and size limit, gets the stored response with its ID patched 
 any dnspython parsing. Replacing the authority (a reload) starts an empty cache.
 
 On a miss, a plain query for a name or type that does not exist is answered from the
-negative index (see ``negative``), again without dnspython, and not cached: random names
-(a cache-busting flood) would otherwise evict the answers other clients reuse.
+negative index (see ``negative``), again without dnspython, and stored in a cache of its
+own: random names (a cache-busting flood) then churn only that one and never evict the
+answers other clients reuse, while a negative answer asked again is still a hit.
 """
 
 from __future__ import annotations
@@ -147,11 +148,11 @@ class Responder:
 
     def _generation(
         self, authority: Authority
-    ) -> tuple[Authority, AnswerCache, NegativeIndex | None]:
-        """What belongs to one authority generation: an empty cache and the negative index."""
-        cache = AnswerCache(authority.generation, self.config.cache_size)
+    ) -> tuple[Authority, AnswerCache, NegativeIndex | None, AnswerCache]:
+        """What belongs to one authority generation: empty caches and the negative index."""
+        generation, size = authority.generation, self.config.cache_size
         negatives = NegativeIndex(authority) if self.config.negative_index else None
-        return authority, cache, negatives
+        return authority, AnswerCache(generation, size), negatives, AnswerCache(generation, size)
 
     @property
     def authority(self) -> Authority:
@@ -190,10 +191,10 @@ class Responder:
         Returns:
             The reply: send ``wire`` (if not None) then each of ``more``, framed for TCP.
         """
-        authority, cache, negatives = self._current
+        authority, cache, negatives, negative_cache = self._current
         key = cache_key(wire, transport is _TCP, self._udp_max, self._udp_default)
         if key is not None:
-            hit = cache.get(key)
+            hit = cache.get(key) or negative_cache.get(key)
             if hit is not None:
                 return _new_reply(
                     Reply,
@@ -210,7 +211,9 @@ class Responder:
             if negatives is not None:
                 negative = negatives.answer(wire, key[-2] << 8 | key[-1], self._udp_max)
                 if negative is not None:
-                    return Reply(*negative)  # not cached: see the module docstring
+                    out, rcode, qname, qtype = negative
+                    negative_cache.put(key, CachedAnswer(out[2:], rcode, qname, qtype, False))
+                    return Reply(out, rcode, qname, qtype)
         reply = self._respond_uncached(wire, transport, from_syn_data, client, authority)
         if key is not None:
             entry = _cache_entry(reply)

@@ -115,6 +115,8 @@ def test_negative_answers_do_not_evict_cached_answers(authority: Authority) -> N
         assert responder.respond(random, transport=Transport.UDP).rcode == dns.rcode.NXDOMAIN
     assert len(responder.cache) == 1
     assert responder.respond(hot, transport=Transport.UDP).cached
+    again = dns.message.make_query("r0.example.com.", "A").to_wire()
+    assert responder.respond(again, transport=Transport.UDP).cached  # its own cache
 
 
 @pytest.mark.parametrize("name", ["nope.example.com.", "www.example.com."])
