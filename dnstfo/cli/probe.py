@@ -21,6 +21,9 @@ import click
 from dnstfo.cli.exits import Exit
 from dnstfo.errors import DnstfoError, UsageError
 
+_SHOWN_DISAGREEMENTS = 10
+"""Targets listed whose verdict differs between vantage points."""
+
 EVIDENCE_MODULE = "dnstfo.probe.wire_evidence"
 """Where ``--pcap`` and ``--syn-only`` come from (``open_evidence(pcap=, syn_only=)``)."""
 
@@ -125,6 +128,14 @@ def render_summary(summary: Any) -> list[str]:
             "",
             "vantage points: " + ", ".join(f"{v} ({n})" for v, n in summary.vantages.items()),
         ]
+        differ = summary.disagreements()
+        lines.append(
+            f"targets seen from several: {summary.shared_targets}, "
+            f"verdicts differ on {len(differ)} (the path, not the server)"
+        )
+        for (dip, dp), seen in differ[:_SHOWN_DISAGREEMENTS]:
+            where = ", ".join(f"{v}: {verdict}" for v, verdict in sorted(seen.items()))
+            lines.append(f"  {dip} port {dp}: {where}")
     return lines
 
 

@@ -32,6 +32,8 @@ class Summary:
     """Rounds of each answered baseline connection."""
     tfo_rounds: list[float] = field(default_factory=list)
     """Rounds of each answered TFO connection."""
+    by_target: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
+    """(dip, dp) -> vantage point -> verdict (the last record of each pair counts)."""
 
     def add(self, record: Mapping[str, Any]) -> None:
         """Counts one record (its JSON form)."""
@@ -40,7 +42,10 @@ class Summary:
         for c in record.get("conditions") or ():
             self.conditions[str(c)] += 1
         vantage = record.get("vantage") or {}
-        self.vantages[str(vantage.get("host") if isinstance(vantage, dict) else vantage)] += 1
+        where = str(vantage.get("host") if isinstance(vantage, dict) else vantage)
+        self.vantages[where] += 1
+        key = (str(record.get("dip")), int(record.get("dp") or 0))
+        self.by_target.setdefault(key, {})[where] = str(record.get("verdict"))
         for conn in record.get("connections") or ():
             rounds = conn.get("rounds")
             if rounds is None or conn.get("rcode") is None:
@@ -49,6 +54,23 @@ class Summary:
                 self.baseline_rounds.append(float(rounds))
             elif conn.get("step") == "tfo":
                 self.tfo_rounds.append(float(rounds))
+
+    def disagreements(self) -> list[tuple[tuple[str, int], dict[str, str]]]:
+        """Targets seen from several vantage points with different verdicts.
+
+        The server is the same, so the difference lies on the paths (or the vantage
+        points): the verdict per vantage point says where to look.
+        """
+        return sorted(
+            (key, seen)
+            for key, seen in self.by_target.items()
+            if len(seen) > 1 and len(set(seen.values())) > 1
+        )
+
+    @property
+    def shared_targets(self) -> int:
+        """Targets seen from more than one vantage point."""
+        return sum(len(seen) > 1 for seen in self.by_target.values())
 
     @property
     def median_baseline_rounds(self) -> float | None:

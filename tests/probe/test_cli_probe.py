@@ -57,13 +57,15 @@ def test_a_bad_summary_line_is_named(tmp_path: Path) -> None:
 
 
 def test_summary_merges_vantage_points(tmp_path: Path) -> None:
-    def rec(v: str, verdict: str, base: float, tfo: float) -> str:
+    def rec(v: str, verdict: str, base: float, tfo: float, dip: str = "192.0.2.1") -> str:
         conns = [
             {"step": "baseline", "rounds": base, "rcode": "NOERROR"},
             {"step": "tfo", "rounds": tfo, "rcode": "NOERROR"},
         ]
         return json.dumps(
             {
+                "dip": dip,
+                "dp": 53,
                 "verdict": verdict,
                 "conditions": ["tfo.connectivity.works"],
                 "vantage": {"host": v},
@@ -72,16 +74,21 @@ def test_summary_merges_vantage_points(tmp_path: Path) -> None:
         )
 
     (tmp_path / "a").write_text(
-        rec("a", "works", 2.0, 1.0) + "\n" + rec("a", "no-tfo", 2.0, 2.0) + "\n"
+        rec("a", "works", 2.0, 1.0) + "\n" + rec("a", "no-tfo", 2.0, 2.0, "192.0.2.2") + "\n"
     )
-    (tmp_path / "b").write_text(rec("b", "works", 2.2, 1.1) + "\n")
+    (tmp_path / "b").write_text(rec("b", "syn-data-dropped", 2.2, 1.1) + "\n")
     r = run("summary", str(tmp_path / "a"), str(tmp_path / "b"))
     assert r.exit_code == 0, r.output
     assert "targets: 3" in r.output
-    assert "works                       2" in r.output
+    assert "works                       1" in r.output
+    assert "syn-data-dropped            1" in r.output
     assert "tfo.connectivity.works               3" in r.output
     assert "without TFO 2.0, with TFO 1.1" in r.output
     assert "vantage points: a (2), b (1)" in r.output
+    assert (
+        "targets seen from several: 1, verdicts differ on 1 (the path, not the server)" in r.output
+    )
+    assert "  192.0.2.1 port 53: a: works, b: syn-data-dropped" in r.output
 
 
 def cli_in_ns(tmp: str, port_file: bool) -> dict[str, Any]:
