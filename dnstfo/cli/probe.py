@@ -128,6 +128,7 @@ def render_summary(summary: Any) -> list[str]:
             "",
             "vantage points: " + ", ".join(f"{v} ({n})" for v, n in summary.vantages.items()),
         ]
+    if summary.track_targets and len(summary.vantages) > 1:
         differ = summary.disagreements()
         lines.append(
             f"targets seen from several: {summary.shared_targets}, "
@@ -230,7 +231,7 @@ def _summary(files: tuple[str, ...]) -> int:
 
     if not files:
         raise UsageError("probe summary needs at least one FILE (or -)")
-    summary = Summary()
+    summary = Summary(track_targets=True)
     for name in files:
         if name == "-":
             for r in read_records(sys.stdin, "-"):

@@ -80,6 +80,10 @@ class Outcome:
 
 Done = Callable[[Outcome], None]
 
+_COMPACT_FACTOR = 4
+_COMPACT_SLACK = 256
+"""The deadline heap is compacted when it holds more than 4 entries per live exchange."""
+
 
 class _Flight:
     __slots__ = (
@@ -180,6 +184,8 @@ class Multiplexer:
         self._live.add(flight)
         self._sel.register(flight.sock, selectors.EVENT_WRITE, flight)
         heapq.heappush(self._heap, (ex.deadline_ns, next(self._seq), flight))
+        if len(self._heap) > _COMPACT_FACTOR * len(self._live) + _COMPACT_SLACK:
+            self._compact()
 
     def poll(self, timeout: float | None = None) -> None:
         """Waits up to ``timeout`` seconds (None: until the next deadline) and handles events.
@@ -257,6 +263,21 @@ class Multiplexer:
     def _requeue(self, flight: _Flight) -> None:
         if self._per_phase:
             heapq.heappush(self._heap, (flight.ex.deadline_ns, next(self._seq), flight))
+            if len(self._heap) > _COMPACT_FACTOR * len(self._live) + _COMPACT_SLACK:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drops heap entries of finished exchanges and of re-armed deadlines.
+
+        Such entries are skipped when they come due; until then they would keep finished
+        exchanges alive, so memory would follow the connection rate, not the concurrency.
+        """
+        self._heap = [
+            entry
+            for entry in self._heap
+            if entry[2] in self._live and entry[0] == entry[2].ex.deadline_ns
+        ]
+        heapq.heapify(self._heap)
 
     def _expire(self, now: int) -> None:
         while self._heap and self._heap[0][0] <= now:

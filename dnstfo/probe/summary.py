@@ -28,10 +28,13 @@ class Summary:
     """Records per PATHspider condition."""
     vantages: collections.Counter[str] = field(default_factory=collections.Counter)
     """Records per vantage point."""
-    baseline_rounds: list[float] = field(default_factory=list)
-    """Rounds of each answered baseline connection."""
-    tfo_rounds: list[float] = field(default_factory=list)
-    """Rounds of each answered TFO connection."""
+    baseline_rounds: collections.Counter[float] = field(default_factory=collections.Counter)
+    """Answered baseline connections per rounds value (one decimal: a bounded histogram)."""
+    tfo_rounds: collections.Counter[float] = field(default_factory=collections.Counter)
+    """Answered TFO connections per rounds value."""
+    track_targets: bool = False
+    """Keep each target's verdict per vantage point (for ``disagreements``; memory grows
+    with the number of targets, so a live run leaves it off)."""
     by_target: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
     """(dip, dp) -> vantage point -> verdict (the last record of each pair counts)."""
 
@@ -44,16 +47,17 @@ class Summary:
         vantage = record.get("vantage") or {}
         where = str(vantage.get("host") if isinstance(vantage, dict) else vantage)
         self.vantages[where] += 1
-        key = (str(record.get("dip")), int(record.get("dp") or 0))
-        self.by_target.setdefault(key, {})[where] = str(record.get("verdict"))
+        if self.track_targets:
+            key = (str(record.get("dip")), int(record.get("dp") or 0))
+            self.by_target.setdefault(key, {})[where] = str(record.get("verdict"))
         for conn in record.get("connections") or ():
             rounds = conn.get("rounds")
             if rounds is None or conn.get("rcode") is None:
                 continue
             if conn.get("step") == "baseline":
-                self.baseline_rounds.append(float(rounds))
+                self.baseline_rounds[round(float(rounds), 1)] += 1
             elif conn.get("step") == "tfo":
-                self.tfo_rounds.append(float(rounds))
+                self.tfo_rounds[round(float(rounds), 1)] += 1
 
     def disagreements(self) -> list[tuple[tuple[str, int], dict[str, str]]]:
         """Targets seen from several vantage points with different verdicts.
@@ -75,12 +79,27 @@ class Summary:
     @property
     def median_baseline_rounds(self) -> float | None:
         """Median round trips without TFO (None: no answered baseline)."""
-        return statistics.median(self.baseline_rounds) if self.baseline_rounds else None
+        return _median(self.baseline_rounds)
 
     @property
     def median_tfo_rounds(self) -> float | None:
         """Median round trips of TFO connections (None: none answered)."""
-        return statistics.median(self.tfo_rounds) if self.tfo_rounds else None
+        return _median(self.tfo_rounds)
+
+
+def _median(histogram: collections.Counter[float]) -> float | None:
+    """The median of a histogram (the mean of the two middle values for an even count)."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    middle = ((total - 1) // 2, total // 2)
+    found: list[float] = []
+    seen = 0
+    for value in sorted(histogram):
+        count = histogram[value]
+        found += [value for i in middle if seen <= i < seen + count]
+        seen += count
+    return round(statistics.fmean(found), 2)
 
 
 def read_records(stream: TextIO, name: str) -> Iterator[dict[str, Any]]:

@@ -61,9 +61,11 @@ def test_hundreds_at_once_all_answered_and_checked(served: tuple[str, int], tfo:
     mux = Multiplexer()
     try:
         out = run_all(mux, configs)
+        heap = len(mux._heap)
     finally:
         mux.close()
     assert threading.active_count() == threads, "no thread per exchange"
+    assert heap <= 256, "finished exchanges leave the deadline heap"
     assert len(out) == 600
     assert [o.error for o in out if o.error] == []
     for o in out:

@@ -1,0 +1,31 @@
+"""The summary's histogram median and its per-target memory switch."""
+
+from __future__ import annotations
+
+import collections
+import statistics
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dnstfo.probe.summary import Summary, _median
+
+ROUNDS = st.sampled_from([0.9, 1.0, 1.1, 2.0, 2.1, 2.4, 12.3, 22.4])
+
+
+@given(st.lists(ROUNDS, min_size=1, max_size=60))
+def test_histogram_median_is_the_median(values: list[float]) -> None:
+    assert _median(collections.Counter(values)) == round(statistics.median(values), 2)
+
+
+def test_no_values_no_median() -> None:
+    assert _median(collections.Counter()) is None
+
+
+def test_a_live_summary_keeps_no_per_target_state() -> None:
+    record = {"dip": "192.0.2.1", "dp": 53, "verdict": "works", "vantage": {"host": "a"}}
+    live, merged = Summary(), Summary(track_targets=True)
+    for s in (live, merged):
+        s.add(record)
+    assert live.by_target == {}
+    assert merged.by_target == {("192.0.2.1", 53): {"a": "works"}}
