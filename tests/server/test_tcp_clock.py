@@ -8,6 +8,7 @@ own socket. The session tests drive :class:`TcpSession` alone, bytes and time in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -16,12 +17,14 @@ from typing import Any
 
 import dns.message
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.responder import Reply, Responder
 from dnstfo.server.config import Limits, QueryLog
 from dnstfo.server.querylog import QueryLogger
-from dnstfo.server.session import TcpSession
+from dnstfo.server.session import MAX_BUFFERED, TcpSession
 from dnstfo.server.stats import Limit, ServerStats
 from dnstfo.server.tcp import TcpServer, client_key
 from dnstfo.timing import FakeClock
@@ -275,3 +278,38 @@ def test_nothing_is_written_after_the_client_closed(zone_dir: Path) -> None:
     s.deliver(slot, answer_to(q), 2)
     assert bytes(s.data_to_send()) == b""
     assert s.stats.dropped == 1  # the owed answer could not be given
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    cuts=st.lists(st.integers(1, 400), min_size=1, max_size=20),
+    takes=st.lists(st.integers(0, 70_000), min_size=1, max_size=50).filter(any),
+)
+def test_any_chunking_and_partial_sends_give_every_answer_in_order(
+    zone_dir: Path, cuts: list[int], takes: list[int]
+) -> None:
+    """Bytes in as any chunks, a socket that takes any amounts: every answer comes out
+    whole and in order, and what the session holds never passes its bound."""
+    s = make_session(zone_dir, Later(), lifetime_ns=0)
+    names = ["www.test.example.", "big.test.example.", "nope.test.example."]
+    data = b"".join(query(names[i % 3], i, "TXT" if i % 3 == 1 else "A") for i in range(120))
+    pos, now, out = 0, 0, b""
+    cut_iter, take_iter = itertools.cycle(cuts), itertools.cycle(takes)
+    while pos < len(data) or s.wants_write():
+        now += 1
+        if pos < len(data) and s.wants_read():
+            n = next(cut_iter)
+            s.receive_data(data[pos : pos + n], now)
+            pos += n
+        pending = s.data_to_send()
+        taken = min(len(pending), next(take_iter))
+        out += bytes(pending[:taken])
+        s.data_sent(taken, now)
+        assert s.buffered <= MAX_BUFFERED
+        assert not s.close_expected()
+    ids = [int.from_bytes(m[:2], "big") for m in FrameDecoder().feed(out)]
+    assert ids == list(range(120))
