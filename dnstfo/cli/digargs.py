@@ -31,6 +31,8 @@ _FLAGS = {
     "tfo": "tfo",
     "cookie": "cookie",
     "compare": "compare",
+    "tls": "tls",
+    "tls-insecure": "tls_insecure",
 }
 _VALUES = {"timeout": float, "tries": int, "repeat": int, "port": int}
 # Dash options that take a value: the short ones, and the long ones that are not numbers.
@@ -94,6 +96,14 @@ class DigArgs:
     """``-x ADDR``: the address whose reverse name (PTR) is looked up."""
     batch: str | None = None
     """``-f FILE``: one query per line (``-`` reads standard input)."""
+    tls: bool | None = None
+    """``+tls``: DNS over TLS (RFC 7858); ``-p`` defaults to 853."""
+    tls_ca: str | None = None
+    """``+tls-ca[=FILE]``: trust the CAs in FILE (``""``: the system's store)."""
+    tls_hostname: str | None = None
+    """``+tls-hostname=NAME``: the name the certificate must hold."""
+    tls_insecure: bool | None = None
+    """``+tls-insecure``: do not verify the certificate."""
 
 
 def _is_type(word: str) -> bool:
@@ -193,7 +203,10 @@ def _dash(word: str, rest: Iterator[str], values: dict[str, Any]) -> None:
     has_value = bool(sep)
     if not word.startswith("--") and len(word) > 2:  # -p5353
         name, has_value, raw = word[:2], True, word[2:]
-    takes_value = name in _DASH_VALUES or name[2:] in _VALUES
+    if name == "--tls-ca" or (name == "--tls-hostname" and has_value):
+        _plus(f"{name[2:]}={raw}" if has_value else name[2:], values)  # --tls-ca: system store
+        return
+    takes_value = name in _DASH_VALUES or name[2:] in _VALUES or name == "--tls-hostname"
     if not takes_value:
         if has_value or not name.startswith("--"):
             raise UsageError(f"unknown option {word}")
@@ -203,7 +216,9 @@ def _dash(word: str, rest: Iterator[str], values: dict[str, Any]) -> None:
         raw = next(rest, "")
         if not raw:
             raise UsageError(f"{name} needs a value")
-    if name in _DASH_VALUES:
+    if name == "--tls-hostname":
+        _plus(f"tls-hostname={raw}", values)
+    elif name in _DASH_VALUES:
         _dash_value(name, _DASH_VALUES[name], raw, values)
     else:
         _plus(f"{name[2:]}={raw}", values)
@@ -238,6 +253,14 @@ def _dash_value(name: str, key: str, raw: str, values: dict[str, Any]) -> None:
 def _plus(option: str, values: dict[str, Any]) -> None:
     key, has_value, raw = option.partition("=")
     key = key.lower()
+    if key in ("tls-ca", "tls-hostname"):
+        if key == "tls-hostname" and not raw:
+            raise UsageError("+tls-hostname needs a name, e.g. +tls-hostname=dns.example")
+        values[key.replace("-", "_")] = raw
+        values["tls"] = True
+        return
+    if key == "tls-insecure":
+        values["tls"] = True
     if key in _VALUES:
         if not has_value:
             raise UsageError(f"+{key} needs a value, e.g. +{key}=3")

@@ -79,6 +79,11 @@ Options (each +option also works as --option, e.g. +timeout=2 or --timeout 2):
   +compare         plain TCP, priming and TFO queries side by side
   +tcp, +vc        accepted: every query is over TCP
   --method M       sendto (MSG_FASTOPEN, default) or connect (TCP_FASTOPEN_CONNECT)
+  +tls             DNS over TLS (RFC 7858): the ClientHello rides in the SYN; -p defaults
+                   to 853; the certificate is checked against the system's CAs
+  +tls-ca[=FILE]   trust the CAs in FILE (without FILE: the system's store)
+  +tls-hostname=N  the name the certificate must hold (default: the @SERVER word)
+  +tls-insecure    do not check the certificate (the output says so)
 
 AXFR prints every record of the transfer, as dig does. With several @SERVER the first counts.
 
@@ -172,10 +177,17 @@ def _config(d: DigArgs) -> tuple[QueryConfig, str]:
         UsageError: the source and the server are of different address families, or the
             server does not resolve.
     """
-    from dnstfo.client.config import QueryConfig, TfoMethod
+    from dnstfo.client.config import QueryConfig, TfoMethod, TlsOptions
 
-    port = d.port or 53
+    port = d.port or (853 if d.tls else 53)
     server_name = d.server or default_server()
+    tls = None
+    if d.tls:
+        tls = TlsOptions(
+            ca_file=d.tls_ca or None,
+            hostname=d.tls_hostname or server_name,
+            insecure=bool(d.tls_insecure),
+        )
     family = _family(d, server_name)
     method = TfoMethod(d.method or "sendto")
     config = QueryConfig(
@@ -191,6 +203,7 @@ def _config(d: DigArgs) -> tuple[QueryConfig, str]:
         recurse=d.recurse is not False,
         timeout=d.timeout or 5.0,
         tries=d.tries or 1,
+        tls=tls,
     )
     return config, server_name
 
@@ -291,6 +304,7 @@ def _failed(
 
 def _status(exc: DnstfoError, config: QueryConfig) -> tuple[Exit, str]:
     """The exit status for a library error and its one line (dig-like)."""
+    from dnstfo.client.tls import TlsError
     from dnstfo.errors import (
         NetworkError,
         PermissionNeeded,
@@ -306,6 +320,8 @@ def _status(exc: DnstfoError, config: QueryConfig) -> tuple[Exit, str]:
             f" ({config.tries} tries)" if isinstance(exc, PhaseTimeout) and config.tries > 1 else ""
         )
         return Exit.NO_REPLY, f";; no answer: {exc}{tries}"
+    if isinstance(exc, TlsError):
+        return Exit.BAD_REPLY, f";; {exc}"
     if isinstance(exc, RemoteProtocolError):
         return Exit.BAD_REPLY, f";; bad answer: {exc}"
     if isinstance(exc, PermissionNeeded):

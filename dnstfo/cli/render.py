@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from dnstfo.client.config import QueryConfig
     from dnstfo.client.host import FixPlan, HostState
     from dnstfo.client.result import QueryFailure, QueryResult, TfoReport, Transfer
+    from dnstfo.client.tls import TlsInfo
     from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
 
 JSON_VERSION = 1
@@ -87,6 +88,8 @@ def dig_text(result: QueryResult, server_name: str) -> str:
     command = f"; <<>> dnstfo query <<>> {c.qname} {c.rdtype} @{server_name} +tcp" + (
         "" if c.tfo_requested else " +notfo"
     )
+    if result.tls is not None:
+        command += " +tls"
     if result.transfer is not None:
         return _transfer_text(result, server_name, command)
     lines = [
@@ -112,7 +115,37 @@ def dig_text(result: QueryResult, server_name: str) -> str:
                 lines += _rr_lines(rrset)
     lines += ["", *_footer(result, server_name), f";; MSG SIZE  rcvd: {result.response_size}", ""]
     lines += tfo_block(result.tfo)
+    if result.tls is not None:
+        lines += tls_lines(result.tls)
     return "\n".join(lines)
+
+
+def tls_lines(tls: TlsInfo) -> list[str]:
+    """The ``;; TLS`` lines: what the handshake settled and whether it was verified."""
+    check = (
+        f"certificate verified for {tls.hostname}"
+        if tls.verified
+        else "certificate NOT verified (+tls-insecure)"
+    )
+    return [
+        f";; TLS: {tls.version} {tls.cipher}, ALPN {tls.alpn or 'none'}, "
+        f"{'resumed' if tls.resumed else 'full handshake'}; {check}",
+        ";;   over TLS the first write, the one that can ride in the SYN, is the ClientHello",
+    ]
+
+
+def tls_json(tls: TlsInfo | None) -> dict[str, Any] | None:
+    """The TLS object of ``+json`` (None: plain TCP)."""
+    if tls is None:
+        return None
+    return {
+        "version": tls.version,
+        "cipher": tls.cipher,
+        "alpn": tls.alpn,
+        "resumed": tls.resumed,
+        "verified": tls.verified,
+        "hostname": tls.hostname,
+    }
 
 
 def _footer(result: QueryResult, server_name: str) -> list[str]:
@@ -325,7 +358,7 @@ def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
             "name": server_name,
             "address": result.server[0],
             "port": result.server[1],
-            "transport": "tcp",
+            "transport": "tcp" if result.tls is None else "tls",
         },
         "source": {"address": result.source[0], "port": result.source[1]},
         "tries": result.tries,
@@ -333,6 +366,7 @@ def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
         "response": {**message_json(result.response), "msgsize": result.response_size},
         "transfer": None if result.transfer is None else transfer_json(result.transfer),
         "tfo": tfo_json(result.tfo),
+        "tls": tls_json(result.tls),
     }
 
 

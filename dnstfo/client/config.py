@@ -19,6 +19,18 @@ class TfoMethod(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class TlsOptions:
+    """DNS over TLS (RFC 7858): how the server's certificate is checked."""
+
+    ca_file: str | None = None
+    """PEM file of trusted CAs (None: the system's store)."""
+    hostname: str | None = None
+    """Name the certificate must hold (None: the server as given on the command line)."""
+    insecure: bool = False
+    """Skip verification altogether (the output says so)."""
+
+
+@dataclass(frozen=True, slots=True)
 class QueryConfig:
     """One DNS query over TCP to one server address."""
 
@@ -48,6 +60,8 @@ class QueryConfig:
     """Tries in all: a try that times out is repeated on a new connection, up to this many."""
     edns_payload: int = 1232
     """EDNS0 payload size advertised (0 or less: no EDNS)."""
+    tls: TlsOptions | None = None
+    """DNS over TLS with these options (None: plain DNS over TCP)."""
 
     @property
     def tfo_requested(self) -> bool:

@@ -40,6 +40,7 @@ from dnstfo.client.message import build_query, is_transfer, parse_response, tran
 from dnstfo.client.observe import CookieReader, route_source, syn_retransmits
 from dnstfo.client.report import CookieChange, TfoAfter, TfoBefore, Timings
 from dnstfo.client.result import QueryResult, TfoReport, Transfer
+from dnstfo.client.tls import HANDSHAKE, TlsClient
 from dnstfo.client.verdict import judge
 from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
 from dnstfo.kernel import sysctl
@@ -117,10 +118,18 @@ def _blackhole_count() -> int:
 class _Connection:
     """One non-blocking socket, waited on with poll against the exchange's deadline."""
 
-    def __init__(self, sock: socket.socket, clock: Clock, ex: Exchange) -> None:
+    def __init__(
+        self, sock: socket.socket, clock: Clock, ex: Exchange, tls: TlsClient | None = None
+    ) -> None:
         self.sock = sock
         self.clock = clock
         self.ex = ex
+        self.tls = tls
+        self.pending = b""  # TLS ciphertext still to write
+        if tls is not None:
+            # Nagle would hold the client's Finished and query behind the server's
+            # delayed ACK: two more round trips.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.poller = select.poll()
         self.poller.register(sock, select.POLLIN)
 
@@ -149,12 +158,17 @@ def _one_try(
     before = _read_before(config, cookies)
     wall = time.time()
     ex = Exchange(query, wire, config.timeout, clock.now_ns())
+    tls = None if config.tls is None else TlsClient(config.tls, config.server)
+    first = ex.data if tls is None else tls.start()  # the ClientHello goes in the SYN
     log.debug("connect.started %s port %d tfo=%s", *addr, config.tfo.value)
-    opening = open_connection(config, ex.data)
+    opening = open_connection(config, first)
     sock = opening.sock
     with contextlib.closing(sock):
-        conn = _Connection(sock, clock, ex)
-        ex.on_sent(opening.in_syn)
+        conn = _Connection(sock, clock, ex, tls)
+        if tls is not None:
+            conn.pending = first[opening.in_syn :]
+        else:
+            ex.on_sent(opening.in_syn)
         conn.wait(select.POLLOUT)
         error = pending_error(sock, addr)
         if error is not None:
@@ -162,6 +176,8 @@ def _one_try(
         ex.on_connected(clock.now_ns())
         at_connect = tcp_info(sock)
         log.debug("connect.complete, %d bytes went in the SYN", opening.in_syn)
+        if tls is not None:
+            _tls_handshake(conn, tls)
         _send_rest(conn)
         messages = _read_messages(conn)
         info = tcp_info(sock)
@@ -202,6 +218,7 @@ def _one_try(
         times=times,
         tcp_info=info,
         tfo=report,
+        tls=None if tls is None else tls.info(),
         wall_time=wall,
         tries=attempt,
         elapsed_ms=(ended - first_started) / 1e6,
@@ -209,8 +226,49 @@ def _one_try(
     )
 
 
+def _tls_handshake(conn: _Connection, tls: TlsClient) -> None:
+    """Writes the rest of the ClientHello and pumps records until the handshake is done."""
+    while not tls.established:
+        _flush(conn, HANDSHAKE)
+        conn.wait(select.POLLIN, HANDSHAKE)
+        chunk = _recv(conn, "TLS handshake")
+        if chunk is None:
+            continue
+        tls.receive(chunk)
+        conn.pending += tls.data_to_send()
+
+
+def _flush(conn: _Connection, phase: str) -> None:
+    """Writes ``conn.pending`` (TLS ciphertext) whole."""
+    while conn.pending:
+        try:
+            n = conn.sock.send(conn.pending)
+        except BlockingIOError:
+            conn.wait(select.POLLOUT, phase)
+            continue
+        except OSError as exc:
+            raise NetworkError.from_oserror("sending the query", exc) from exc
+        conn.pending = conn.pending[n:]
+
+
+def _recv(conn: _Connection, doing: str) -> bytes | None:
+    """One read (None: nothing yet)."""
+    try:
+        return conn.sock.recv(_RECV_SIZE)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise NetworkError.from_oserror(f"reading the {doing}", exc) from exc
+
+
 def _send_rest(conn: _Connection) -> None:
     ex = conn.ex
+    if conn.tls is not None:
+        conn.tls.send(bytes(ex.unsent))
+        ex.on_sent(len(ex.unsent))
+        conn.pending += conn.tls.data_to_send()
+        _flush(conn, "connect")
+        return
     while ex.unsent:
         try:
             ex.on_sent(conn.sock.send(ex.unsent))
@@ -227,12 +285,15 @@ def _read_messages(conn: _Connection, phase: str | None = None) -> list[bytes]:
     """
     while True:
         conn.wait(select.POLLIN, phase)
-        try:
-            chunk = conn.sock.recv(_RECV_SIZE)
-        except BlockingIOError:
+        chunk = _recv(conn, "response")
+        if chunk is None:
             continue
-        except OSError as exc:
-            raise NetworkError.from_oserror("reading the response", exc) from exc
+        if conn.tls is not None:
+            chunk = conn.tls.receive(chunk)
+            conn.pending += conn.tls.data_to_send()
+            _flush(conn, phase or conn.ex.phase)
+            if not chunk:
+                continue
         messages = conn.ex.on_data(chunk, conn.clock.now_ns())
         if messages:
             return messages

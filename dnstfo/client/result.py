@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from dnstfo.client.config import QueryConfig
 from dnstfo.client.report import TfoAfter, TfoBefore, Timings
+from dnstfo.client.tls import TlsInfo
 from dnstfo.client.verdict import Verdict
 from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
 from dnstfo.kernel.tcpinfo import TcpInfo
@@ -83,6 +84,8 @@ class QueryResult:
     """From the first try's start to the last byte read: every try, the whole transfer."""
     transfer: Transfer | None = None
     """The zone transfer, when the query was an AXFR that the server began (None otherwise)."""
+    tls: TlsInfo | None = None
+    """What the TLS handshake settled (None: plain DNS over TCP)."""
 
 
 # What the driver was doing, from the start of a NetworkError's message (client/query.py).

@@ -172,8 +172,9 @@ def test_json_shape_matches_the_documented_shape(loopback_server):
     (line,) = result.output.splitlines()
     obj = json.loads(line)
     _check({k: obj[k] for k in SHAPE}, SHAPE)
-    assert set(obj) == set(SHAPE) | set(SCALARS) | {"response", "transfer"}
+    assert set(obj) == set(SHAPE) | set(SCALARS) | {"response", "transfer", "tls"}
     assert obj["transfer"] is None
+    assert obj["tls"] is None
     for key, kind in SCALARS.items():
         assert isinstance(obj[key], kind)
     assert set(obj["response"]) == RESPONSE_KEYS
