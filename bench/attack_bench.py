@@ -8,8 +8,8 @@ is its own), and in each phase runs legitimate clients (fresh TCP connections fr
 - ``stalled``: connections that pipeline queries for a ~30 kB RRset and never read.
 - ``pipeline``: connections that write 64 KiB of queries for the big RRset at a time and
   read slowly.
-- ``hoard``: connections from 127.0.0.2-127.0.0.4 taking every slot, each sending a query
-  every 8 s (under the 10 s idle timeout).
+- ``hoard``: connections from 20 addresses (127.0.0.2-127.0.0.21) taking every slot, each
+  sending a query every 8 s (under the 10 s idle timeout).
 - ``axfr``: connections that ask for a transfer of a 30,000-record zone and never read.
 
 For each phase it prints the legitimate clients' answer rate and latency (p50, p99, and
@@ -43,7 +43,8 @@ import dns.message
 ROOT = Path(__file__).resolve().parents[1]
 PHASES = ("baseline", "stalled", "pipeline", "hoard", "axfr")
 MAX_CONNECTIONS = 600
-"""The server's connection limit in every phase (small, so hoarding it is cheap here)."""
+"""The server's default connection limit here (``--max-connections``; small, so hoarding
+it is cheap)."""
 
 
 def framed(name: str, rdtype: str, qid: int = 0) -> bytes:
@@ -88,13 +89,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(tree: Path, zones: Path) -> Server:
+def start_server(tree: Path, zones: Path, max_connections: int) -> Server:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(tree))
     code = "import sys; sys.argv[0] = 'dnstfo'; from dnstfo.cli import entry; entry()"
     argv = [sys.executable, "-c", code, "serve", "--zone", str(zones)]
     argv += ["--listen", f"127.0.0.1:{port}", "--axfr-allow", "127.0.0.0/8"]
-    argv += ["--max-connections", str(MAX_CONNECTIONS)]
+    argv += ["--max-connections", str(max_connections)]
     process = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL, cwd=tree)
     server = Server(process, port)
     deadline = time.monotonic() + 60
@@ -218,9 +219,9 @@ def pipeline(port: int, stop: threading.Event, connections: int = 10) -> None:
 
 
 def hoard(port: int, stop: threading.Event, connections: int = MAX_CONNECTIONS) -> None:
-    """Every slot taken from three addresses; each connection asks something every 8 s,
-    and a closed one is opened again at once."""
-    sources = [f"127.0.0.{2 + i % 3}" for i in range(connections)]
+    """Every slot taken from 20 addresses; each connection asks something every 8 s, and
+    a closed one is opened again at once."""
+    sources = [f"127.0.0.{2 + i % 20}" for i in range(connections)]
     socks: list[socket.socket | None] = [None] * connections
     query = framed("www.bench.", "A")
     last = [0.0] * connections
@@ -259,7 +260,7 @@ def axfr(port: int, stop: threading.Event, connections: int = 10) -> None:
         sock.close()
 
 
-ATTACKS: dict[str, Callable[[int, threading.Event], None]] = {
+ATTACKS: dict[str, Callable[..., None]] = {
     "stalled": stalled,
     "pipeline": pipeline,
     "hoard": hoard,
@@ -268,12 +269,15 @@ ATTACKS: dict[str, Callable[[int, threading.Event], None]] = {
 
 
 @contextlib.contextmanager
-def attack(name: str, port: int) -> Iterator[None]:
+def attack(name: str, port: int, max_connections: int) -> Iterator[None]:
     if name == "baseline":
         yield
         return
     stop = threading.Event()
-    thread = threading.Thread(target=ATTACKS[name], args=(port, stop), daemon=True)
+    args: tuple[object, ...] = (port, stop)
+    if name == "hoard":
+        args += (max_connections,)
+    thread = threading.Thread(target=ATTACKS[name], args=args, daemon=True)
     thread.start()
     time.sleep(2.0)  # let the attack take hold before measuring
     try:
@@ -294,11 +298,13 @@ class Row:
     failures: list[str]
 
 
-def run_phase(name: str, tree: Path, zones: Path, seconds: float, rate: float) -> Row:
-    server = start_server(tree, zones)
+def run_phase(
+    name: str, tree: Path, zones: Path, seconds: float, rate: float, max_connections: int
+) -> Row:
+    server = start_server(tree, zones, max_connections)
     failures: list[str] = []
     try:
-        with attack(name, server.port):
+        with attack(name, server.port, max_connections):
             results = legit(server.port, seconds, rate, failures)
         peak = server.peak_mb()
     finally:
@@ -316,6 +322,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="legitimate queries/s")
     parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--axfr-records", type=int, default=30_000)
+    parser.add_argument(
+        "--max-connections", type=int, default=MAX_CONNECTIONS, help="server's and hoarders'"
+    )
     args = parser.parse_args()
     phases = [p for p in args.phases.split(",") if p]
     for phase in phases:
@@ -324,7 +333,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dtfo-attack-") as tmp:
         zones = Path(tmp)
         write_zones(zones, args.axfr_records)
-        rows = [run_phase(p, args.tree.resolve(), zones, args.duration, args.rate) for p in phases]
+        tree = args.tree.resolve()
+        rows = [
+            run_phase(p, tree, zones, args.duration, args.rate, args.max_connections)
+            for p in phases
+        ]
     base = next((r for r in rows if r.phase == "baseline"), None)
     print(f"tree: {args.tree}")
     header = ("answered", 16), ("p50 ms", 8), ("p99 ms", 8), ("p99/base", 9), ("peak MB", 8)
