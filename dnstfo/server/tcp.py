@@ -68,6 +68,7 @@ _RECV_FLAGS = socket.MSG_DONTWAIT
 _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
+_GONE = select.EPOLLHUP | select.EPOLLERR
 
 ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so a flood of SYNs cannot starve open connections."""
@@ -229,7 +230,12 @@ class TcpServer:
         for fd, events in self._epoll.poll(0):
             conn = conns.get(fd)
             if conn is not None:
-                self._step(conn, self._read if events & _IN else self._service)
+                if events & _IN:
+                    self._step(conn, self._read)
+                elif events & _GONE:  # reset or hung up while not reading: nothing to do
+                    self._close(conn)
+                else:
+                    self._step(conn, self._service)
             elif fd in listeners:
                 self._accept(listeners[fd])
 

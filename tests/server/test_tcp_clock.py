@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from dnstfo.answer.authority import Authority
 from dnstfo.answer.responder import Reply, Responder
 from dnstfo.server.config import Limits, QueryLog
 from dnstfo.server.querylog import QueryLogger
-from dnstfo.server.session import MAX_BUFFERED, TcpSession
+from dnstfo.server.session import MAX_BUFFERED, MAX_DEFERRED, TcpSession
 from dnstfo.server.stats import Limit, ServerStats
 from dnstfo.server.tcp import TcpServer, client_key
 from dnstfo.timing import FakeClock
@@ -39,13 +40,20 @@ START = 1_000 * NS_PER_S
 class Driver:
     """A TcpServer with a fake clock on its own loop thread."""
 
-    def __init__(self, zone_dir: Path, limits: Limits, sndbuf: int | None = None) -> None:
+    def __init__(
+        self, zone_dir: Path, limits: Limits, sndbuf: int | None = None, defer: Any = None
+    ) -> None:
         authority, errors = Authority.load(zone_dir)
         assert not errors
         self.clock = FakeClock(START)
         self.stats = ServerStats()
         self.tcp = TcpServer(
-            Responder(authority), limits, self.stats, QueryLogger(QueryLog.OFF), self.clock.now_ns
+            Responder(authority),
+            limits,
+            self.stats,
+            QueryLogger(QueryLog.OFF),
+            self.clock.now_ns,
+            defer,
         )
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -90,8 +98,8 @@ class Driver:
 def driver(zone_dir: Path) -> Iterator[Callable[..., Driver]]:
     made: list[Driver] = []
 
-    def make(limits: Limits, sndbuf: int | None = None) -> Driver:
-        made.append(Driver(zone_dir, limits, sndbuf))
+    def make(limits: Limits, sndbuf: int | None = None, defer: Any = None) -> Driver:
+        made.append(Driver(zone_dir, limits, sndbuf, defer))
         return made[-1]
 
     yield make
@@ -313,3 +321,33 @@ def test_any_chunking_and_partial_sends_give_every_answer_in_order(
         assert not s.close_expected()
     ids = [int.from_bytes(m[:2], "big") for m in FrameDecoder().feed(out)]
     assert ids == list(range(120))
+
+
+def test_answers_delivered_later_reach_the_client_in_any_order(
+    driver: Callable[..., Driver],
+) -> None:
+    later = Later()
+    d = driver(Limits.from_seconds(), defer=later)
+    with tcp_connect(d.address) as sock:
+        sock.sendall(query("a.elsewhere.", 1) + query("b.elsewhere.", 2))
+        wait_for(lambda: len(later.taken) == 2, 5)
+        for session, slot, q in reversed(later.taken):
+            d.call(session.deliver, slot, answer_to(q), d.clock.now_ns())
+        ids = [int.from_bytes(m[:2], "big") for m in read_messages(sock, 2)]
+    assert ids == [2, 1]
+
+
+def test_a_client_that_resets_while_only_owed_answers_is_closed(
+    driver: Callable[..., Driver],
+) -> None:
+    """With every deferred slot taken the connection is neither read nor written: a reset
+    must still close it (and not make epoll report it again and again)."""
+    later = Later()
+    d = driver(Limits.from_seconds(), defer=later)
+    sock = tcp_connect(d.address)
+    sock.sendall(b"".join(query(f"n{i}.elsewhere.", i) for i in range(MAX_DEFERRED)))
+    wait_for(lambda: len(later.taken) == MAX_DEFERRED, 5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()  # a reset
+    wait_for(lambda: d.connections == 0, 5)
+    assert d.stats.dropped == MAX_DEFERRED
