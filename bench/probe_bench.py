@@ -47,8 +47,9 @@ def wait_listening(lab: object, port: int, proc: subprocess.Popen[bytes]) -> Non
     raise SystemExit("dnstfo serve did not listen within 30 s")
 
 
-def counters(lab: object) -> dict[str, int]:
-    text = lab.client.exec(["cat", "/proc/net/netstat"]).stdout  # type: ignore[attr-defined]
+def counters(lab: object, side: str = "client") -> dict[str, int]:
+    ns = getattr(lab, side)
+    text = ns.exec(["cat", "/proc/net/netstat"]).stdout
     lines = text.splitlines()
     out: dict[str, int] = {}
     for head, vals in zip(lines[::2], lines[1::2], strict=False):
@@ -102,6 +103,7 @@ def main() -> None:
             if args.realtime:
                 realtime_priority(pid=serve.pid)
             before = counters(lab)
+            server_before = counters(lab, "server")
             relay_cpu, serve_cpu = cpu_seconds(lab.delay.pid), cpu_seconds(serve.pid)
             out = Path(tmp, "records.ndjson")
             argv = ["ip", "netns", "exec", lab.client.name, DNSTFO, "probe", "--targets", str(lst),
@@ -117,6 +119,7 @@ def main() -> None:
             report = proc.stdout.read().decode() if proc.stdout else ""
             err = proc.stderr.read().decode() if proc.stderr else ""
             after = counters(lab)
+            server_after = counters(lab, "server")
             relay_cpu = cpu_seconds(lab.delay.pid) - relay_cpu
             serve_cpu = cpu_seconds(serve.pid) - serve_cpu
             cached = lab.client.exec(["ip", "tcp_metrics", "show"]).stdout.count("fo_cookie")
@@ -143,11 +146,23 @@ def main() -> None:
     reasons = collections.Counter(r["reason"][:90] for r in records if r["verdict"] != "works")
     for reason, n in reasons.most_common(3):
         print(f"  {n} x {reason}")
+    for r in [r for r in records if r["verdict"] != "works"][:3]:
+        steps = [
+            (c["step"], c["client_fail"], c["syn_retransmits"], c["cookie_after"], c["rcode"])
+            for c in r["connections"]
+        ]
+        print(f"  e.g. {r['dip']}: {steps}")
     print(f"cookies cached at the end {cached}")
     delta = {
         k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)
     }
     print(f"client TCPFastOpen counters: {delta}")
+    served = {
+        k: server_after[k] - server_before.get(k, 0)
+        for k in server_after
+        if server_after[k] != server_before.get(k, 0)
+    }
+    print(f"server TCPFastOpen counters (ListenOverflow: no cookie for want of queue): {served}")
     print(report.strip().splitlines()[-1] if report.strip() else "")
     for step in ("baseline", "priming", "tfo"):
         conns = [c for r in records for c in r["connections"] if c["step"] == step]

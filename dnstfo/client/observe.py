@@ -63,16 +63,20 @@ class CookieReader:
 
     def cookie(self, daddr: str, saddr: str | None) -> bytes | None:
         """The cookie cached for (source, destination), or None (none, or unreadable)."""
+        return self.entry(daddr, saddr)[1]
+
+    def entry(self, daddr: str, saddr: str | None) -> tuple[bool | None, bytes | None]:
+        """Whether the pair has an entry (None: unreadable), and its cookie."""
         if self._broken:
-            return None
+            return None, None
         try:
             if self._cache is None:
                 self._cache = tcp_metrics.Cache()
-            return self._cache.cookie(daddr, saddr)
+            return self._cache.cookie_entry(daddr, saddr)
         except (DnstfoError, OSError) as exc:
             log.debug("cannot read tcp_metrics: %s", exc)
             self._broken = isinstance(exc, KernelFeatureError)  # no such family: stop asking
-            return None
+            return None, None
 
     def close(self) -> None:
         """Closes the netlink socket if this reader opened it."""

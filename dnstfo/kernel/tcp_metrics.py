@@ -267,10 +267,19 @@ class Cache:
 
     def cookie(self, daddr: str, saddr: str | None = None) -> bytes | None:
         """The Fast Open cookie cached for (source, destination), or None."""
+        return self.cookie_entry(daddr, saddr)[1]
+
+    def cookie_entry(self, daddr: str, saddr: str | None = None) -> tuple[bool, bytes | None]:
+        """Whether an entry exists for (source, destination), and its cookie (or None).
+
+        A connection that asked for Fast Open always leaves an entry
+        (``tcp_fastopen_cache_set``), so none at all right after one means the kernel
+        reclaimed it for another destination.
+        """
         attrs = self._get(daddr, saddr)
         if attrs is None:
-            return None
-        return next((v for k, v in _attrs(attrs) if k == ATTR_FOPEN_COOKIE and v), None)
+            return False, None
+        return True, next((v for k, v in _attrs(attrs) if k == ATTR_FOPEN_COOKIE and v), None)
 
     def delete(self, daddr: str, saddr: str | None = None) -> None:
         """Deletes the entry for (source, destination); every source's without ``saddr``.

@@ -62,6 +62,8 @@ class Verdict(enum.Enum):
     """This host's kernel has paused active TFO (blackhole back-off)."""
     LOCAL_COOKIE_KEPT = "local-cookie-kept"
     """A stale cookie that could not be cleared (not root) kept the kernel from using TFO."""
+    LOCAL_COOKIE_EVICTED = "local-cookie-evicted"
+    """This host's cookie cache dropped the server's entry (too many destinations at once)."""
 
     @property
     def local(self) -> bool:
@@ -172,6 +174,14 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
             f"timeout {obs.local.blackhole_timeout_s} s); nothing blamed on the server",
         )
 
+    evicted = [c for c in tfo_phase if c.evicted]
+    if evicted:
+        return (
+            Verdict.LOCAL_COOKIE_EVICTED,
+            f"this host's cookie cache dropped the entry for the server after "
+            f"{_label(evicted[0], conns)} (tcp_metrics reclaims entries when too many "
+            f"destinations are probed at once: lower --concurrency); nothing blamed on the server",
+        )
     data_dropped = [c for c in tfo_phase if c.syn_data_sent and c.syn_retransmitted]
     if data_dropped:
         if worked:

@@ -140,6 +140,10 @@ class ConnectionObservation:
     """Wall-clock end."""
     wire: WireEvidence | None = None
     """What the capture showed, with ``--pcap`` (None otherwise)."""
+    evicted: bool = False
+    """A TFO connection that got its SYN-ACK left no tcp_metrics entry for its pair: the
+    kernel reclaimed it for another destination (too many at once), so a missing cookie
+    says nothing about the server."""
 
     @property
     def answered(self) -> bool:

@@ -154,6 +154,7 @@ def connection_json(c: ConnectionObservation) -> dict[str, Any]:
         "failure": None if c.failure is None else c.failure.value,
         "error": c.error,
         "wire": None if c.wire is None else wire_json(c.wire),
+        "cache_evicted": c.evicted,
     }
 
 

@@ -350,8 +350,14 @@ def probe_targets(
 
         def done(outcome: Outcome) -> None:
             source = outcome.source[0] if outcome.source is not None else run.source
-            after = cookies.cookie(run.target.address, source) if cfg.tfo_requested else None
-            run.done.append(observe(step, outcome, before, after))
+            entry, after = (
+                cookies.entry(run.target.address, source) if cfg.tfo_requested else (None, None)
+            )
+            seen = observe(step, outcome, before, after)
+            asked = seen.syn_data_sent or seen.client_fail is not FastOpenClientFail.UNSPEC
+            if entry is False and outcome.at_connect is not None and asked:
+                seen = replace(seen, evicted=True)
+            run.done.append(seen)
             advance(run)
 
         mux.start(cfg, run.query, done, wire=run.wire)

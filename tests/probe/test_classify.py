@@ -181,6 +181,12 @@ CASES: list[tuple[str, TargetObservations, Verdict, tuple[str, ...]]] = [
         ("tfo.connectivity.works", "tfo.cookie.received"),
     ),
     (
+        "the cookie cache dropped the entry after priming",
+        target(BASE, replace(no_cookie_prime, evicted=True), no_cookie_tfo, no_cookie_tfo),
+        Verdict.LOCAL_COOKIE_EVICTED,
+        ("tfo.connectivity.works", "tfo.cookie.not_received"),
+    ),
+    (
         "cookie given but never used, cache cleared",
         target(BASE, PRIMED, conn(T, cookie_after=C1), conn(T, cookie_after=C1)),
         Verdict.UNSTABLE,
@@ -210,6 +216,7 @@ def test_local_verdicts_say_so() -> None:
         Verdict.LOCAL_CLIENT_OFF,
         Verdict.LOCAL_BLACKHOLE,
         Verdict.LOCAL_COOKIE_KEPT,
+        Verdict.LOCAL_COOKIE_EVICTED,
     }
 
 

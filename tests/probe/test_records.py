@@ -54,6 +54,7 @@ def test_pathspider_fields_and_ours() -> None:
         "step", "source", "sp", "tfo_requested", "syn_data_sent", "syn_data_acked",
         "client_fail", "cookie_before", "cookie_after", "syn_retransmits", "fallback_reason",
         "handshake_ms", "total_ms", "rtt_ms", "rounds", "rcode", "failure", "error", "wire",
+        "cache_evicted",
     }  # fmt: skip
     assert conns[1]["cookie_after"] == C1.hex()
     assert conns[1]["client_fail"] == "cookie_unavailable"
