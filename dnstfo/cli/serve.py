@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 import click
 
+from dnstfo.answer.forward import ForwardConfig, ForwardTransport, ForwardZone, parse_forward_zone
 from dnstfo.errors import DnstfoError, UsageError
 from dnstfo.kernel.sockets import DEFAULT_TFO_QUEUE
 from dnstfo.server.config import (
@@ -57,6 +58,11 @@ _TYPES = {
     "rrl": "integer",
     "rrl-slip": "integer",
     "pidfile": "string",
+    "forward": "strings",
+    "forward-zone": "strings",
+    "forward-allow": "strings",
+    "forward-transport": "string",
+    "forward-cache-size": "integer",
     "limits": "table",
 }
 """The type of each top-level key of the config file."""
@@ -202,6 +208,44 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         limits=limits,
         rrl=parse("rrl", lambda _: _rrl(pick("rrl"), pick("rrl-slip"))),
         pidfile=Path(pidfile) if pidfile else None,
+        forward=parse("forward", lambda _: _forward(pick)),
+    )
+
+
+def _forward(pick: Callable[[str], Any]) -> ForwardConfig:
+    """Forwarding from ``--forward*`` or the ``forward*`` keys.
+
+    Raises:
+        UsageError: a bad address, zone, network, transport or cache size.
+    """
+    default = ForwardConfig()
+
+    def address(text: str) -> tuple[str, int]:
+        endpoint = Endpoint.parse(str(text), default_port=53)
+        return endpoint.host, endpoint.port
+
+    zones = []
+    for text in pick("forward-zone") or ():
+        try:
+            suffix, addresses = parse_forward_zone(str(text))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        zones.append(ForwardZone(suffix, tuple(address(a) for a in addresses)))
+    allow = pick("forward-allow")
+    transport = pick("forward-transport") or default.transport.value
+    try:
+        kind = ForwardTransport(transport)
+    except ValueError as exc:
+        raise UsageError(f"forward-transport is tcp or udp, not {transport!r}") from exc
+    size = pick("forward-cache-size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise UsageError(f"forward-cache-size must be an integer of 0 or more, not {size!r}")
+    return ForwardConfig(
+        upstreams=tuple(address(a) for a in pick("forward") or ()),
+        zones=tuple(zones),
+        allow=tuple(parse_network(str(n)) for n in allow) if allow else default.allow,
+        transport=kind,
+        cache_size=default.cache_size if size is None else size,
     )
 
 
@@ -287,6 +331,36 @@ def _rrl(rate: Any, slip: Any) -> RrlConfig:
     "--pidfile",
     type=click.Path(dir_okay=False),
     help="Write the server's process ID here once its sockets are bound; removed at exit.",
+)
+@click.option(
+    "--forward",
+    multiple=True,
+    metavar="ADDR[:PORT]",
+    help="Send queries for names outside our zones to this upstream (port 53 by "
+    "default); repeatable, tried in order.",
+)
+@click.option(
+    "--forward-zone",
+    multiple=True,
+    metavar="ZONE=ADDR[:PORT][,ADDR...]",
+    help="Upstreams for names under ZONE (the longest matching zone wins); repeatable.",
+)
+@click.option(
+    "--forward-allow",
+    multiple=True,
+    metavar="NET",
+    help="Clients that may use forwarding; others get REFUSED [loopback only].",
+)
+@click.option(
+    "--forward-transport",
+    type=click.Choice([t.value for t in ForwardTransport]),
+    help="How queries go upstream: tcp (Fast Open, connections reused) or udp [tcp].",
+)
+@click.option(
+    "--forward-cache-size",
+    type=int,
+    metavar="N",
+    help=f"Upstream answers cached; 0: no cache [{ForwardConfig().cache_size}].",
 )
 def serve(**options: Any) -> None:
     """Serve zones over TCP with TCP Fast Open, and over UDP.

@@ -23,6 +23,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -34,6 +35,7 @@ from dnstfo.errors import DnstfoError, UsageError, ZoneLoadError
 from dnstfo.kernel.sockets import TfoKey, listener_key, set_listener_key
 from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.config import Endpoint, ServerConfig
+from dnstfo.server.forwarding import Forwarding
 from dnstfo.server.keys import read_key_file, rotated
 from dnstfo.server.listener import ListenerPair, server_accepts_syn_data
 from dnstfo.server.querylog import QueryLogger
@@ -197,6 +199,12 @@ class DnsServer:
             kernel = None
         self.stats = ServerStats(kernel_at_start=kernel)
         self.query_log = QueryLogger(config.query_log)
+        self.forwarding = (
+            Forwarding(config.forward, time.monotonic_ns, config.udp_payload)
+            if config.forward.enabled
+            else None
+        )
+        """Sends names outside our zones upstream (None: not configured)."""
         self._tcp: TcpServer | None = None
         self._udp: list[UdpServer] = []
         self._key: TfoKey | None = None
@@ -220,10 +228,19 @@ class DnsServer:
     async def start(self) -> None:
         """Starts accepting TCP connections and UDP datagrams on every listener."""
         loop = asyncio.get_running_loop()
-        self._tcp = TcpServer(self.responder, self.config.limits, self.stats, self.query_log)
+        forwarding = self.forwarding
+        self._tcp = TcpServer(
+            self.responder,
+            self.config.limits,
+            self.stats,
+            self.query_log,
+            defer=forwarding.defer_tcp if forwarding else None,
+        )
         self._tcp.start([pair.tcp for pair in self.listeners])
         for pair in self.listeners:
-            udp = UdpServer(pair.udp, self.responder, self.stats, self.query_log, self.config.rrl)
+            udp = UdpServer(
+                pair.udp, self.responder, self.stats, self.query_log, self.config.rrl, forwarding
+            )
             udp.start(loop)
             self._udp.append(udp)
         tcp = "TCP (Fast Open)" if server_accepts_syn_data() else "TCP without Fast Open"
@@ -319,6 +336,8 @@ class DnsServer:
             udp.close()
         if self._tcp is not None:
             await self._tcp.stop(grace)
+        if self.forwarding is not None:
+            self.forwarding.close()
         for pair in self.listeners:
             pair.close()
         log.info("stopped: %s", self.stats.summary())

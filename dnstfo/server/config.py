@@ -25,6 +25,7 @@ import ipaddress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dnstfo.answer.forward import ForwardConfig
 from dnstfo.errors import UsageError
 from dnstfo.kernel.sockets import DEFAULT_TFO_QUEUE
 from dnstfo.server.rrl import RrlConfig
@@ -184,6 +185,8 @@ class ServerConfig:
     """File to write the server's process ID to once its sockets are bound."""
     rrl: RrlConfig = field(default_factory=RrlConfig)
     """UDP response rate limiting (off by default)."""
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
+    """Names outside our zones sent upstream (off: no upstream given)."""
 
     def __post_init__(self) -> None:
         if not self.listen:

@@ -69,6 +69,7 @@ class QueryLogger:
         latency_ns: int,
         local: str | None = None,
         local_port: int | None = None,
+        note: str | None = None,
     ) -> None:
         """Logs one query (INFO level).
 
@@ -83,6 +84,7 @@ class QueryLogger:
             latency_ns: from the query's arrival to its answer.
             local: the address the query was sent to (ours); None when unknown.
             local_port: the port it was sent to; None when unknown.
+            note: more about the answer (a forwarded query's upstream), at the end.
         """
         stamp = utc_timestamp(time.time())
         qtype_text = (
@@ -103,6 +105,7 @@ class QueryLogger:
                     "transport": transport,
                     "tfo": syn_data,
                     "latency_ms": round(latency_ns / 1e6, 3),
+                    **({"forward": note} if note else {}),
                 },
                 separators=(",", ":"),
             )
@@ -113,4 +116,6 @@ class QueryLogger:
                 f"{stamp} {client}#{port} -> {here} {qname or '-'} {qtype_text} {rcode_text} "
                 f"{transport}{mark} {latency_ns / 1e6:.3f}ms"
             )
+            if note:
+                line += " " + note
         self._logger.info("%s", line)

@@ -266,7 +266,16 @@ class TcpSession:
         self._eof_sent = True
         self.conn.eof_sent(now)
 
-    def deliver(self, slot: int, wire: bytes | None, now: int) -> None:
+    def deliver(
+        self,
+        slot: int,
+        wire: bytes | None,
+        now: int,
+        *,
+        qname: str | None = None,
+        qtype: int | None = None,
+        note: str | None = None,
+    ) -> None:
         """Gives the answer owed for ``slot`` (a :class:`Deferrer` took its query).
 
         Args:
@@ -274,6 +283,9 @@ class TcpSession:
             wire: the response message (its ID is the query's), or None: no answer (the
                 query is counted as dropped).
             now: the time.
+            qname: the question name, for the query log.
+            qtype: the question type, for the query log.
+            note: how the answer was obtained, appended to the query log line.
 
         Nothing is written if the connection closed meanwhile (RFC 7766 §6.2.4). Calls
         ``wake`` so that the driver sends it.
@@ -294,7 +306,7 @@ class TcpSession:
             if from_syn:
                 self.stats.syn_data_queries += 1
             if self.query_log.enabled:
-                self._log(None, None, rcode, from_syn, read_at)
+                self._log(qname, qtype, rcode, from_syn, read_at, note)
         if self.wake is not None:
             self.wake()
 
@@ -466,7 +478,13 @@ class TcpSession:
         return wire, rcode
 
     def _log(
-        self, qname: str | None, qtype: int | None, rcode: int, from_syn: bool, read_at: int
+        self,
+        qname: str | None,
+        qtype: int | None,
+        rcode: int,
+        from_syn: bool,
+        read_at: int,
+        note: str | None = None,
     ) -> None:
         self.query_log.record(
             client=self.client,
@@ -479,6 +497,7 @@ class TcpSession:
             latency_ns=self._clock() - read_at,
             local=self.local[0] if self.local else None,
             local_port=self.local[1] if self.local else None,
+            note=note,
         )
 
     # ---- closing -------------------------------------------------------------------------

@@ -22,11 +22,13 @@ Theory of operation:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
+from typing import TYPE_CHECKING
 
-from dnstfo.answer.responder import Responder, Transport, truncated_reply
+from dnstfo.answer.responder import Reply, Responder, Transport, truncated_reply
 from dnstfo.kernel.sockets import (
     PKTINFO_SPACE,
     enable_pktinfo,
@@ -37,6 +39,9 @@ from dnstfo.kernel.sockets import (
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.rrl import RateLimiter, RrlAction, RrlConfig
 from dnstfo.server.stats import ServerStats
+
+if TYPE_CHECKING:
+    from dnstfo.server.forwarding import Forwarding
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class UdpServer:
         stats: counters.
         query_log: per-query lines.
         rrl: response rate limiting; None or a rate of 0: off.
+        forwarding: sends names outside our zones upstream (None: they are REFUSED).
     """
 
     def __init__(
@@ -65,8 +71,10 @@ class UdpServer:
         stats: ServerStats,
         query_log: QueryLogger,
         rrl: RrlConfig | None = None,
+        forwarding: Forwarding | None = None,
     ) -> None:
         self.sock = sock
+        self.forwarding = forwarding
         self.responder = responder
         self.stats = stats
         self.query_log = query_log
@@ -133,6 +141,11 @@ class UdpServer:
             stats.dropped += 1
             return
         assert reply.rcode is not None  # a reply with a message has an RCODE
+        forwarding = self.forwarding
+        if reply.forwardable and forwarding is not None:
+            later = functools.partial(self._forwarded, addr, ancdata, reply, started)
+            if forwarding.forward_udp(data, reply, client, later):
+                return
         if not self._send(reply.wire, addr, ancdata):
             stats.dropped += 1
             return
@@ -149,6 +162,36 @@ class UdpServer:
                 latency_ns=time.monotonic_ns() - started,
                 local=pktinfo_address(ancdata) if self.wildcard else self.local,
                 local_port=self.port,
+            )
+
+    def _forwarded(
+        self,
+        addr: tuple[str, int],
+        ancdata: list[tuple[int, int, bytes]],
+        reply: Reply,
+        started: int,
+        wire: bytes,
+        note: str,
+    ) -> None:
+        """Sends a forwarded query's answer when it comes (any order)."""
+        if not self._send(wire, addr, ancdata):
+            self.stats.dropped += 1
+            return
+        rcode = wire[3] & 0xF
+        self.stats.queries["udp", rcode] += 1
+        if self.query_log.enabled:
+            self.query_log.record(
+                client=addr[0],
+                port=int(addr[1]),
+                qname=reply.qname,
+                qtype=reply.qtype,
+                rcode=rcode,
+                transport="udp",
+                syn_data=False,
+                latency_ns=time.monotonic_ns() - started,
+                local=pktinfo_address(ancdata) if self.wildcard else self.local,
+                local_port=self.port,
+                note=note,
             )
 
     def _send(

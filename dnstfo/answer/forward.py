@@ -1,0 +1,246 @@
+"""Forwarding decisions, without I/O: who may forward, to which upstreams, for how long.
+
+Theory of operation. A query the authority refuses only because its name lies outside our
+zones (``Reply.forwardable``) may be sent upstream instead (the I/O is in
+``server/upstream.py``). This module decides, from bytes and configuration alone:
+
+- whether the client may use forwarding at all (:meth:`ForwardConfig.allows`): loopback
+  only by default, everyone else keeps the REFUSED (never an open resolver);
+- which upstreams, in order (:meth:`ForwardConfig.route`): the longest ``--forward-zone``
+  suffix that holds the name, else the default set;
+- what an upstream's response says for the cache and the connection
+  (:func:`scan_response`): where each TTL sits in the message (so served copies count
+  down without parsing), how long it may be kept (the minimum TTL over the records;
+  RFC 2308 §5 for negative answers: the SOA's TTL capped by its MINIMUM), and the
+  upstream's edns-tcp-keepalive TIMEOUT (RFC 7828), if it gave one.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = tuple[str, int]
+
+_LOOPBACK: tuple[IPNetwork, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+_OPT = 41
+_SOA = 6
+_KEEPALIVE = 11
+_NXDOMAIN = 3
+
+
+class ForwardTransport(enum.Enum):
+    """How queries go to the upstreams."""
+
+    TCP = "tcp"
+    """TCP with Fast Open, connections kept open and pipelined (RFC 7766)."""
+    UDP = "udp"
+    """UDP, retried over TCP when the answer is truncated."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardZone:
+    """Upstreams for the names under one suffix."""
+
+    suffix: str
+    """The zone, lower case, absolute (``example.org.``)."""
+    upstreams: tuple[Address, ...]
+    """Where its names go, in order of preference."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardConfig:
+    """What ``--forward*`` asks for; forwarding is on when any upstream is given."""
+
+    upstreams: tuple[Address, ...] = ()
+    """The default upstream set, in order of preference."""
+    zones: tuple[ForwardZone, ...] = ()
+    """Per-suffix upstreams (the longest matching suffix wins)."""
+    allow: tuple[IPNetwork, ...] = _LOOPBACK
+    """Clients that may use forwarding; everyone else is REFUSED."""
+    transport: ForwardTransport = ForwardTransport.TCP
+    """How queries go upstream."""
+    cache_size: int = 10_000
+    """Upstream answers kept; 0 disables the cache."""
+    timeout: float = 1.5
+    """Seconds one upstream gets to answer before the next is tried."""
+    budget: float = 4.0
+    """Seconds a client's query may take in all; past it the client gets SERVFAIL."""
+    connections: int = 4
+    """TCP connections kept open to one upstream at most."""
+    pipeline: int = 64
+    """Queries in flight on one upstream connection at most (a new one opens past it)."""
+    idle_timeout: float = 10.0
+    """Seconds an idle upstream connection is kept when the upstream gave no keepalive."""
+    _by_suffix: dict[str, tuple[Address, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    """``zones`` by suffix (built once)."""
+
+    def __post_init__(self) -> None:
+        for zone in self.zones:
+            self._by_suffix[zone.suffix] = zone.upstreams
+        if self.cache_size < 0:
+            raise ValueError("forward-cache-size must be 0 or more")
+
+    @property
+    def enabled(self) -> bool:
+        """Some name can be forwarded."""
+        return bool(self.upstreams or self.zones)
+
+    def allows(self, client: str | None) -> bool:
+        """Whether ``client`` (an address) may have its queries forwarded."""
+        if client is None:
+            return False
+        try:
+            address = ipaddress.ip_address(client.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.allow)
+
+    def route(self, qname: str) -> tuple[Address, ...]:
+        """The upstreams for ``qname`` (absolute, any case), best first; empty: none."""
+        if self._by_suffix:
+            name = qname.lower()
+            while True:
+                found = self._by_suffix.get(name)
+                if found is not None:
+                    return found
+                if name == ".":
+                    break
+                dot = name.find(".")
+                name = name[dot + 1 :] or "."
+        return self.upstreams
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseScan:
+    """What the forwarder reads from an upstream response without parsing it fully."""
+
+    rcode: int
+    """The response RCODE."""
+    ttl_offsets: tuple[int, ...]
+    """Where each record's TTL sits (OPT excluded)."""
+    ttls: tuple[int, ...]
+    """The TTL at each offset, as received."""
+    cache_ttl: int | None
+    """Seconds the response may be cached; None: not cacheable."""
+    keepalive: int | None
+    """The upstream's edns-tcp-keepalive TIMEOUT in units of 100 ms, if given."""
+
+
+def _skip_name(wire: bytes, pos: int) -> int:
+    """The offset after the name at ``pos`` (pointers end it).
+
+    Raises:
+        ValueError: the name runs past the message.
+    """
+    while True:
+        if pos >= len(wire):
+            raise ValueError("name runs past the message")
+        n = wire[pos]
+        if n >= 0xC0:
+            return pos + 2
+        if n > 63:
+            raise ValueError("bad label length")
+        pos += 1 + n
+        if n == 0:
+            return pos
+
+
+def scan_response(wire: bytes) -> ResponseScan:
+    """Reads an upstream response's records' TTLs, cache lifetime and keepalive.
+
+    Positive answers (NOERROR with answers) are kept for the smallest TTL of all records;
+    NXDOMAIN and NODATA for the authority SOA's TTL capped by its MINIMUM (RFC 2308 §5),
+    and not at all without an SOA; other RCODEs, and truncated responses, are not kept.
+
+    Raises:
+        ValueError: the message is malformed.
+    """
+    if len(wire) < 12:
+        raise ValueError("shorter than a header")
+    rcode = wire[3] & 0xF
+    counts = [wire[4 + 2 * i] << 8 | wire[5 + 2 * i] for i in range(4)]
+    pos = 12
+    for _ in range(counts[0]):
+        pos = _skip_name(wire, pos) + 4
+    offsets: list[int] = []
+    ttls: list[int] = []
+    negative: int | None = None
+    keepalive: int | None = None
+    for section in (1, 2, 3):
+        for _ in range(counts[section]):
+            pos = _skip_name(wire, pos)
+            if pos + 10 > len(wire):
+                raise ValueError("record runs past the message")
+            rtype = wire[pos] << 8 | wire[pos + 1]
+            rdlen = wire[pos + 8] << 8 | wire[pos + 9]
+            rdata = pos + 10
+            end = rdata + rdlen
+            if end > len(wire):
+                raise ValueError("record data runs past the message")
+            if rtype == _OPT:
+                keepalive = _keepalive(wire, rdata, end)
+            else:
+                ttl = int.from_bytes(wire[pos + 4 : pos + 8], "big") & 0x7FFFFFFF
+                offsets.append(pos + 4)
+                ttls.append(ttl)
+                if section == 2 and rtype == _SOA and rdlen >= 20:
+                    minimum = int.from_bytes(wire[end - 4 : end], "big")
+                    negative = min(ttl, minimum)
+            pos = end
+    cache_ttl: int | None = None
+    truncated = bool(wire[2] & 0x02)
+    if not truncated and rcode in (0, _NXDOMAIN):
+        if rcode == 0 and counts[1]:
+            cache_ttl = min(ttls)
+        elif negative is not None:
+            cache_ttl = negative
+    return ResponseScan(rcode, tuple(offsets), tuple(ttls), cache_ttl, keepalive)
+
+
+def _keepalive(wire: bytes, pos: int, end: int) -> int | None:
+    """The TIMEOUT of an edns-tcp-keepalive option in OPT data ``wire[pos:end]``."""
+    while pos + 4 <= end:
+        code = wire[pos] << 8 | wire[pos + 1]
+        length = wire[pos + 2] << 8 | wire[pos + 3]
+        if code == _KEEPALIVE and length == 2:
+            return wire[pos + 4] << 8 | wire[pos + 5]
+        pos += 4 + length
+    return None
+
+
+def question_end(wire: bytes) -> int:
+    """The offset after a message's first question.
+
+    Raises:
+        ValueError: no whole question.
+    """
+    end = _skip_name(wire, 12) + 4
+    if end > len(wire):
+        raise ValueError("no whole question")
+    return end
+
+
+def parse_forward_zone(text: str) -> tuple[str, tuple[str, ...]]:
+    """Splits ``ZONE=ADDR[,ADDR...]`` into the absolute lower-case zone and address texts.
+
+    Raises:
+        ValueError: no ``=``, an empty zone or no address.
+    """
+    zone, sep, rest = text.partition("=")
+    zone = zone.strip().lower()
+    addresses = tuple(a.strip() for a in rest.split(",") if a.strip())
+    if not sep or not zone or not addresses:
+        raise ValueError(f"bad forward zone {text!r} (want ZONE=ADDR[:PORT][,ADDR...])")
+    if not zone.endswith("."):
+        zone += "."
+    return zone, addresses

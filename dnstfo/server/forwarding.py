@@ -1,0 +1,178 @@
+"""Glue between the transports and the forwarder: who is forwarded, and how answers return.
+
+The TCP session offers each query the authority refused only because its name is outside
+our zones (``Reply.forwardable``) to :meth:`Forwarding.defer_tcp` (the session's
+``Deferrer``); the UDP driver calls :meth:`Forwarding.forward_udp`. A client outside
+``--forward-allow`` keeps its REFUSED. An answer comes back later, in any order, through
+``TcpSession.deliver`` (which writes nothing if the client closed meanwhile) or a datagram
+cut to the client's UDP size (TC set when it does not fit, RFC 1035 §4.2.1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from dnstfo.answer.forward import ForwardConfig
+from dnstfo.answer.responder import Reply, truncated_reply
+from dnstfo.server.upstream import LATENCY_BUCKETS_MS, Forwarder, ForwardTrace
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+
+    from dnstfo.server.session import TcpSession
+
+log = logging.getLogger(__name__)
+
+_OPT = 41
+
+
+def describe(trace: ForwardTrace) -> str:
+    """The query log's note on a forwarded answer: ``upstream=ADDR fresh|reused ...``."""
+    if trace.cached:
+        return "forward=cache"
+    if trace.upstream is None:
+        return "forward=failed"
+    parts = [f"upstream={trace.upstream}"]
+    parts.append("fresh" if trace.fresh else "reused")
+    if trace.fresh:
+        syn = "acked" if trace.syn_acked else "sent" if trace.in_syn else "no"
+        parts.append(f"syn-data={syn}")
+    parts.append(f"upstream-ms={trace.upstream_ns / 1e6:.3f}")
+    return " ".join(parts)
+
+
+def udp_limit(query: bytes, ours: int) -> int:
+    """The largest UDP response the client takes: its EDNS payload size (at least 512,
+    at most ``ours``), or 512 without EDNS."""
+    arcount = query[10] << 8 | query[11] if len(query) >= 12 else 0
+    if not arcount:
+        return 512
+    # The OPT record is the last of the additional section in every real query: a root
+    # name (one zero byte), then TYPE 41 and CLASS = payload size; find it from the end.
+    pos = query.rfind(b"\x00\x00\x29")
+    if pos < 0 or pos + 11 > len(query):
+        return 512
+    payload = query[pos + 3] << 8 | query[pos + 4]
+    return max(512, min(payload, ours))
+
+
+class Forwarding:
+    """Forwards the queries of allowed clients through one :class:`Forwarder`.
+
+    Args:
+        config: what to forward where, and to whom.
+        clock: monotonic ns.
+        udp_payload: our largest UDP response.
+    """
+
+    def __init__(self, config: ForwardConfig, clock: Callable[[], int], udp_payload: int) -> None:
+        self.config = config
+        self.clock = clock
+        self.udp_payload = udp_payload
+        self.forwarder = Forwarder(config, clock)
+        self.refused = 0
+        """Queries not forwarded: the client is outside ``--forward-allow``."""
+
+    def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
+        """The TCP session's ``Deferrer``: True when the query went upstream."""
+        if not self.config.allows(session.client):
+            self.refused += 1
+            return False
+        qname, qtype = reply.qname, reply.qtype
+
+        def done(wire: bytes, trace: ForwardTrace) -> None:
+            note = describe(trace)
+            session.deliver(slot, wire, self.clock(), qname=qname, qtype=qtype, note=note)
+
+        self.forwarder.forward(query, qname or ".", done)
+        return True
+
+    def forward_udp(
+        self, query: bytes, reply: Reply, client: str, send: Callable[[bytes, str], None]
+    ) -> bool:
+        """Forwards a UDP query; ``send(wire, note)`` is called later with the answer cut
+        to the client's size. False: the client may not forward (send ``reply``)."""
+        if not self.config.allows(client):
+            self.refused += 1
+            return False
+        limit = udp_limit(query, self.udp_payload)
+
+        def done(wire: bytes, trace: ForwardTrace) -> None:
+            if len(wire) > limit:
+                wire = truncated_reply(query) or wire[:12]
+            send(wire, describe(trace))
+
+        self.forwarder.forward(query, reply.qname or ".", done)
+        return True
+
+    def close(self) -> None:
+        """Closes the upstream connections."""
+        self.forwarder.close()
+
+
+class ForwardCollector:
+    """Prometheus metrics of the forwarder: per upstream, and the cache."""
+
+    def __init__(self, forwarding: Forwarding) -> None:
+        self._forwarding = forwarding
+
+    def describe(self) -> list[object]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        from dnstfo.server.querylog import rcode_name
+
+        fwd = self._forwarding.forwarder
+        per = fwd.stats()
+        simple = {
+            "queries": "Queries sent upstream",
+            "timeouts": "Upstream queries that got no answer in time",
+            "failures": "Upstream connections that failed or sent something wrong",
+            "connections": "TCP connections opened to the upstream",
+            "syn_data_sent": "Upstream connections whose SYN carried queries (TFO)",
+            "syn_data_acked": "Upstream connections whose SYN data was acknowledged",
+            "reused": "Queries sent on an upstream connection that had answered before",
+        }
+        for name, text in simple.items():
+            family = CounterMetricFamily(f"dnstfo_upstream_{name}", text, labels=["upstream"])
+            for label, stats in per.items():
+                family.add_metric([label], getattr(stats, name))
+            yield family
+        answers = CounterMetricFamily(
+            "dnstfo_upstream_answers", "Upstream answers by RCODE", labels=["upstream", "rcode"]
+        )
+        latency = HistogramMetricFamily(
+            "dnstfo_upstream_latency_seconds", "Upstream answer time", labels=["upstream"]
+        )
+        for label, stats in per.items():
+            for rcode, n in sorted(stats.answers.items()):
+                answers.add_metric([label, rcode_name(rcode)], n)
+            buckets: list[tuple[str, float]] = []
+            total = 0
+            for i, bound in enumerate(LATENCY_BUCKETS_MS):
+                total += stats.latency[i]
+                buckets.append((str(bound / 1000), total))
+            total += stats.latency[len(LATENCY_BUCKETS_MS)]
+            buckets.append(("+Inf", total))
+            latency.add_metric([label], buckets, sum_value=0.0)
+        yield answers
+        yield latency
+        cache = fwd.cache
+        yield CounterMetricFamily("dnstfo_forward_cache_hits", "Forward cache hits", cache.hits)
+        yield CounterMetricFamily(
+            "dnstfo_forward_cache_misses", "Forward cache misses", cache.misses
+        )
+        yield GaugeMetricFamily("dnstfo_forward_cache_size", "Forward cache entries", len(cache))
+        yield CounterMetricFamily(
+            "dnstfo_forward_refused",
+            "Queries not forwarded: client outside --forward-allow",
+            self._forwarding.refused,
+        )

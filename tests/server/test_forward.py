@@ -1,0 +1,155 @@
+"""Forwarding through ``dnstfo serve`` to Knot DNS on loopback (real sockets, real kernel).
+
+The server under test serves ``test.example.`` itself and forwards everything else to a
+``knotd`` on 127.0.0.1 serving ``example.com.`` and ``example.net.`` (zones/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from dnstfo.answer.forward import ForwardConfig, ForwardTransport
+from tests.server.conftest import ServerThread
+from tests.server.serveproc import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KNOT_CONF = """\
+server:
+    rundir: "{run}"
+    listen: 127.0.0.1@{port}
+    tcp-fastopen: on
+    background-workers: 1
+    tcp-workers: 1
+    udp-workers: 1
+database:
+    storage: "{run}"
+log:
+  - target: stderr
+    any: warning
+template:
+  - id: default
+    storage: "{zones}"
+    file: "%s.zone"
+    semantic-checks: off
+zone:
+  - domain: example.com
+  - domain: example.net
+"""
+QUESTIONS = [
+    ("example.com.", "A"),
+    ("example.com.", "MX"),
+    ("example.com.", "NS"),
+    ("text.example.com.", "TXT"),
+    ("mail.example.com.", "AAAA"),
+    ("nothere.example.com.", "A"),  # NXDOMAIN
+    ("mail.example.com.", "TXT"),  # NODATA
+    ("example.net.", "SOA"),
+]
+
+
+def _wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    query = dns.message.make_query("example.com.", "SOA")
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"knotd exited: {proc.stderr.read() if proc.stderr else ''!r}")
+        try:
+            dns.query.tcp(query, "127.0.0.1", port=port, timeout=0.5)
+            return
+        except OSError:
+            time.sleep(0.05)  # not listening yet: poll with a bounded deadline
+    raise RuntimeError("knotd did not answer within 10 s")
+
+
+@pytest.fixture(scope="module")
+def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A ``knotd`` on 127.0.0.1; yields its port."""
+    if shutil.which("knotd") is None:
+        pytest.skip("needs knotd (Debian package knot; scripts/sysdeps.sh installs it)")
+    run = tmp_path_factory.mktemp("knot")
+    port = free_port()
+    conf = run / "knot.conf"
+    conf.write_text(KNOT_CONF.format(run=run, port=port, zones=ROOT / "zones"))
+    proc = subprocess.Popen(
+        ["knotd", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        _wait_answering(port, proc)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+@pytest.fixture
+def forwarder(make_server: Callable[..., ServerThread], knot: int) -> Callable[..., ServerThread]:
+    """Starts ``dnstfo serve`` forwarding to knotd (ForwardConfig overrides as keywords)."""
+
+    def make(**overrides: object) -> ServerThread:
+        config = ForwardConfig(upstreams=(("127.0.0.1", knot),))
+        return make_server(forward=dataclasses.replace(config, **overrides))
+
+    return make
+
+
+def _sections(message: dns.message.Message) -> list[list[tuple[str, int, list[str]]]]:
+    """Sections as (name, type, sorted records), without TTLs."""
+    out = []
+    for section in (message.answer, message.authority):
+        out.append(sorted((str(r.name), int(r.rdtype), sorted(map(str, r))) for r in section))
+    return out
+
+
+def _max_ttl(message: dns.message.Message) -> dict[tuple[str, int], int]:
+    sections = (message.answer, message.authority)
+    return {(str(r.name), int(r.rdtype)): r.ttl for s in sections for r in s}
+
+
+def _tcp(address: tuple[str, int], name: str, rdtype: str) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype)
+    return dns.query.tcp(query, address[0], port=address[1], timeout=5)
+
+
+@pytest.mark.parametrize("transport", [ForwardTransport.TCP, ForwardTransport.UDP])
+def test_forwarded_answers_equal_knots(
+    forwarder: Callable[..., ServerThread], knot: int, transport: ForwardTransport
+) -> None:
+    server = forwarder(transport=transport, cache_size=0)
+    for name, rdtype in QUESTIONS:
+        direct = _tcp(("127.0.0.1", knot), name, rdtype)
+        for ask in (dns.query.tcp, dns.query.udp):
+            query = dns.message.make_query(name, rdtype)
+            got = ask(query, server.address[0], port=server.address[1], timeout=5)
+            assert got.id == query.id
+            assert got.rcode() == direct.rcode(), (name, rdtype)
+            assert _sections(got) == _sections(direct), (name, rdtype)
+            direct_ttls = _max_ttl(direct)
+            for key, ttl in _max_ttl(got).items():
+                assert ttl <= direct_ttls[key]
+
+
+def test_own_zone_answered_not_forwarded(forwarder: Callable[..., ServerThread]) -> None:
+    server = forwarder()
+    got = _tcp(server.address, "www.test.example.", "A")
+    assert got.rcode() == dns.rcode.NOERROR
+    assert dns.flags.AA in got.flags
+    stats = server.server.forwarding.forwarder.stats()
+    assert sum(s.queries for s in stats.values()) == 0
