@@ -48,7 +48,7 @@ import select
 import socket
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from dnstfo.answer.responder import Responder
 from dnstfo.errors import NetworkError
@@ -57,6 +57,7 @@ from dnstfo.server.config import Limits
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.session import RECV_SIZE, Deferrer, TcpSession
 from dnstfo.server.stats import Limit, ServerStats
+from dnstfo.server.tls import TlsServerContext, TlsSession
 from dnstfo.wire.connection import CloseReason
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,11 @@ class _Connection:
     __slots__ = ("client", "events", "fd", "key", "producing", "session", "sock", "timer_at")
 
     def __init__(
-        self, sock: socket.socket, client: tuple[str, int], key: object, session: TcpSession
+        self,
+        sock: socket.socket,
+        client: tuple[str, int],
+        key: object,
+        session: TcpSession | TlsSession,
     ):
         self.sock: socket.socket | None = sock
         """None once closed."""
@@ -155,6 +160,8 @@ class TcpServer:
         """Open connections by client (see :func:`client_key`)."""
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
+        self._tls: dict[int, TlsServerContext] = {}
+        """TLS listeners' contexts by descriptor (DNS over TLS, RFC 7858)."""
         self._conns: dict[int, _Connection] = {}
         self._lru: OrderedDict[int, _Connection] = OrderedDict()
         """Connections by last activity, least recent first (eviction candidates)."""
@@ -179,14 +186,21 @@ class TcpServer:
         """Connections open now."""
         return len(self._conns)
 
-    def sessions(self) -> list[TcpSession]:
+    def sessions(self) -> list[TcpSession | TlsSession]:
         """The sessions of the open connections (for tests and diagnostics)."""
         return [conn.session for conn in self._conns.values()]
 
-    def start(self, listeners: list[socket.socket]) -> None:
-        """Accepts connections on ``listeners`` (already listening) from now on."""
+    def start(
+        self,
+        listeners: list[socket.socket],
+        tls: Sequence[tuple[socket.socket, TlsServerContext]] = (),
+    ) -> None:
+        """Accepts connections on ``listeners`` (already listening) from now on, and DNS
+        over TLS on the ``tls`` listeners with their contexts."""
         loop = self._loop = asyncio.get_running_loop()
-        for sock in listeners:
+        for sock, context in tls:
+            self._tls[sock.fileno()] = context
+        for sock in [*listeners, *(sock for sock, _ in tls)]:
             sock.setblocking(False)
             self._listeners[sock.fileno()] = sock
             self._epoll.register(sock.fileno(), _IN)
@@ -251,6 +265,7 @@ class TcpServer:
         stats, limits, per_client = self.stats, self.limits, self.per_client
         family = listener.family  # once per wake-up, not per connection
         log_queries = self.query_log.enabled
+        tls = self._tls.get(listener.fileno())
         # What socket.accept calls, without its two enum conversions per connection.
         accept = listener._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
@@ -287,7 +302,7 @@ class TcpServer:
                 _debug(address, "no TCP_INFO: %s", exc)
             if options & _TFO:
                 stats.tfo_connections += 1
-            session = TcpSession(
+            inner = TcpSession(
                 self.responder,
                 limits.connection,
                 now,
@@ -299,6 +314,7 @@ class TcpServer:
                 self.defer,
                 local=sock.getsockname()[:2] if log_queries else None,  # one syscall: log only
             )
+            session = inner if tls is None else tls.wrap(inner, now)
             conn = _Connection(sock, address, key, session)
             session.wake = functools.partial(self._step, conn, self._service)
             self._conns[fd] = conn
