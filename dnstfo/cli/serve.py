@@ -31,6 +31,7 @@ from dnstfo.server.config import (
     parse_network,
 )
 from dnstfo.server.rrl import RrlConfig
+from dnstfo.server.tls import DEFAULT_PORT as TLS_PORT
 from dnstfo.wire.connection import NS_PER_S
 
 _T = TypeVar("_T")
@@ -63,6 +64,9 @@ _TYPES = {
     "forward-allow": "strings",
     "forward-transport": "string",
     "forward-cache-size": "integer",
+    "tls-listen": "strings",
+    "tls-cert": "string",
+    "tls-key": "string",
     "limits": "table",
 }
 """The type of each top-level key of the config file."""
@@ -209,6 +213,12 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
         rrl=parse("rrl", lambda _: _rrl(pick("rrl"), pick("rrl-slip"))),
         pidfile=Path(pidfile) if pidfile else None,
         forward=parse("forward", lambda _: _forward(pick)),
+        tls_listen=parse(
+            "tls-listen",
+            lambda v: tuple(Endpoint.parse(str(t), default_port=TLS_PORT) for t in v or ()),
+        ),
+        tls_cert=Path(cert) if (cert := pick("tls-cert")) else None,
+        tls_key=Path(tls_key) if (tls_key := pick("tls-key")) else None,
     )
 
 
@@ -362,11 +372,20 @@ def _rrl(rate: Any, slip: Any) -> RrlConfig:
     metavar="N",
     help=f"Upstream answers cached; 0: no cache [{ForwardConfig().cache_size}].",
 )
+@click.option(
+    "--tls-listen",
+    multiple=True,
+    metavar="ADDR[:PORT]",
+    help=f"Address to serve DNS over TLS on (TCP, Fast Open); repeatable [port {TLS_PORT}].",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="PEM certificate chain.")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="PEM private key (mode 0600).")
 def serve(**options: Any) -> None:
     """Serve zones over TCP with TCP Fast Open, and over UDP.
 
-    SIGHUP reloads the zones (a broken file keeps its old zone) and the key file (the
-    old key stays valid as backup); SIGTERM or Ctrl-C stops after in-flight answers.
+    SIGHUP reloads the zones (a broken file keeps its old zone), the key file (the
+    old key stays valid as backup) and the TLS certificate (a bad pair keeps the old
+    one); SIGTERM or Ctrl-C stops after in-flight answers.
     """
     from dnstfo.server.run import run
 

@@ -196,7 +196,9 @@ def _one_try(
         info.rtt_us,
         info.min_rtt_us,
     )
-    verdict = judge(config.tfo_requested, config.no_cookie, before, after, timings)
+    verdict = judge(
+        config.tfo_requested, config.no_cookie, before, after, timings, tls=tls is not None
+    )
     log.debug("exchange.complete: %s", verdict.text)
     report = TfoReport(
         requested=config.tfo_requested,

@@ -79,7 +79,13 @@ def _ms(value: float | None) -> str:
 
 
 def judge(
-    requested: bool, no_cookie: bool, before: TfoBefore, after: TfoAfter, timings: Timings
+    requested: bool,
+    no_cookie: bool,
+    before: TfoBefore,
+    after: TfoAfter,
+    timings: Timings,
+    *,
+    tls: bool = False,
 ) -> Verdict:
     """Decides what TFO did for one exchange, from the observations alone.
 
@@ -89,6 +95,8 @@ def judge(
         before: the host's state before the connection.
         after: what the kernel reported after it.
         timings: durations and the path RTT.
+        tls: DNS over TLS: the handshake adds a round trip (TLS 1.3), and what rides in
+            the SYN is the ClientHello.
 
     Returns:
         The verdict; ``text`` is ready to print.
@@ -96,6 +104,8 @@ def judge(
     retrans = after.syn_retransmits > 0 or after.client_fail is FastOpenClientFail.SYN_RETRANSMITTED
 
     def verdict(outcome: Outcome, rounds: int | None, why: str, worked: bool = False) -> Verdict:
+        if rounds is not None and tls:
+            rounds += 1
         if rounds is None or retrans:
             n = after.syn_retransmits or 1
             head = f"answer after {n} SYN retransmission(s), in {_ms(timings.total_ms)}"
@@ -119,7 +129,8 @@ def judge(
                 else "without a cookie (TCP_FASTOPEN_NO_COOKIE)"
             )
             saved = f"saved ≈ 1 RTT = {_ms(timings.rtt_ms)}"
-            return verdict(Outcome.IN_SYN, 1, f"query sent in the SYN {how} ({saved})", True)
+            first = "ClientHello" if tls else "query"
+            return verdict(Outcome.IN_SYN, 1, f"{first} sent in the SYN {how} ({saved})", True)
         if retrans:
             return verdict(
                 Outcome.SYN_RETRANSMITTED,

@@ -21,6 +21,7 @@ import functools
 import gc
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -41,6 +42,7 @@ from dnstfo.server.listener import ListenerPair, server_accepts_syn_data
 from dnstfo.server.querylog import QueryLogger
 from dnstfo.server.stats import ServerStats
 from dnstfo.server.tcp import TcpServer
+from dnstfo.server.tls import TlsServerContext
 from dnstfo.server.udp import UdpServer
 
 log = logging.getLogger(__name__)
@@ -185,10 +187,22 @@ class DnsServer:
     """
 
     def __init__(
-        self, config: ServerConfig, listeners: list[ListenerPair], authority: Authority
+        self,
+        config: ServerConfig,
+        listeners: list[ListenerPair],
+        authority: Authority,
+        tls_listeners: list[socket.socket] | None = None,
     ) -> None:
         self.config = config
         self.listeners = listeners
+        self.tls_listeners = tls_listeners or []
+        """DNS-over-TLS listeners (TCP only; the server closes them)."""
+        self.tls = (
+            TlsServerContext(str(config.tls_cert), str(config.tls_key))
+            if config.tls_cert is not None and config.tls_key is not None and self.tls_listeners
+            else None
+        )
+        """The certificate and key of the TLS listeners, and their counters."""
         self.responder = Responder(
             authority,
             ResponderConfig(udp_payload=config.udp_payload, axfr_allow=config.axfr_allow),
@@ -236,7 +250,11 @@ class DnsServer:
             self.query_log,
             defer=forwarding.defer_tcp if forwarding else None,
         )
-        self._tcp.start([pair.tcp for pair in self.listeners])
+        tls = self.tls
+        self._tcp.start(
+            [pair.tcp for pair in self.listeners],
+            tls=[(sock, tls) for sock in self.tls_listeners] if tls is not None else (),
+        )
         for pair in self.listeners:
             udp = UdpServer(
                 pair.udp, self.responder, self.stats, self.query_log, self.config.rrl, forwarding
@@ -246,6 +264,9 @@ class DnsServer:
         tcp = "TCP (Fast Open)" if server_accepts_syn_data() else "TCP without Fast Open"
         for pair in self.listeners:
             log.info("serving %s over %s and UDP", pair.endpoint, tcp)
+        for sock in self.tls_listeners:
+            host, port = sock.getsockname()[:2]
+            log.info("serving %s port %d over TLS (%s)", host, port, tcp)
 
     def request_reload(self) -> None:
         """Schedules a reload (what SIGHUP does; call on the loop). One requested while a
@@ -260,6 +281,8 @@ class DnsServer:
     async def _queued_reload(self) -> None:
         async with self._reload_lock:
             self._reload_queued = False
+            if self.tls is not None:  # a bad pair keeps the old one (logged)
+                self.tls.reload()
             await self._reload()
 
     async def reload(self) -> ReloadResult:
@@ -340,6 +363,8 @@ class DnsServer:
             self.forwarding.close()
         for pair in self.listeners:
             pair.close()
+        for sock in self.tls_listeners:
+            sock.close()
         log.info("stopped: %s", self.stats.summary())
 
 

@@ -187,6 +187,12 @@ class ServerConfig:
     """UDP response rate limiting (off by default)."""
     forward: ForwardConfig = field(default_factory=ForwardConfig)
     """Names outside our zones sent upstream (off: no upstream given)."""
+    tls_listen: tuple[Endpoint, ...] = ()
+    """Addresses served with DNS over TLS (RFC 7858), TCP only, with TFO; empty: none."""
+    tls_cert: Path | None = None
+    """PEM certificate chain for ``tls_listen``."""
+    tls_key: Path | None = None
+    """PEM private key for ``tls_listen`` (mode 0600 or stricter)."""
 
     def __post_init__(self) -> None:
         if not self.listen:
@@ -195,6 +201,8 @@ class ServerConfig:
             raise UsageError("--workers must be at least 1")
         if self.tfo_queue < 1:
             raise UsageError("--tfo-queue must be at least 1")
+        if self.tls_listen and (self.tls_cert is None or self.tls_key is None):
+            raise UsageError("--tls-listen needs --tls-cert FILE and --tls-key FILE")
 
 
 def parse_network(text: str) -> IPNetwork:

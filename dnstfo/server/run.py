@@ -17,11 +17,12 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 from collections.abc import Callable
 
 from dnstfo.answer.authority import Authority
-from dnstfo.errors import DnstfoError, NetworkError
-from dnstfo.kernel.sockets import TfoKey
+from dnstfo.errors import DnstfoError, NetworkError, UsageError
+from dnstfo.kernel.sockets import TfoKey, tfo_listener
 from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.keys import generate_key, read_key_file
@@ -29,6 +30,7 @@ from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
 from dnstfo.server.pidfile import remove_pidfile, write_pidfile
 from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.supervisor import Supervisor
+from dnstfo.server.tls import TlsMetrics, server_context
 from dnstfo.server.workerstats import report_periodically, write_snapshot
 
 log = logging.getLogger(__name__)
@@ -41,13 +43,15 @@ def _serve(
     *,
     on_ready: Callable[[DnsServer], None] | None,
     report_fd: int | None = None,
+    tls_listeners: list[socket.socket] | None = None,
 ) -> None:
     """Serves on ``listeners``; a worker reports its counters on ``report_fd``, a single
     process serves the metrics itself."""
-    server = DnsServer(config, listeners, authority)
+    server = DnsServer(config, listeners, authority, tls_listeners)
     if report_fd is None and config.metrics is not None:
+        extra = [] if server.tls is None else [TlsMetrics(server.tls.stats)]
         try:
-            start_metrics_server(server.stats, config.metrics.host, config.metrics.port)
+            start_metrics_server(server.stats, config.metrics.host, config.metrics.port, extra)
         except OSError as exc:
             raise NetworkError.from_oserror(f"serving metrics on {config.metrics}", exc) from exc
         log.info("metrics on http://%s/metrics", config.metrics)
@@ -109,22 +113,33 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
     warn_if_tfo_off()
     reuseport = config.reuseport or config.workers > 1
     sets: list[list[ListenerPair]] = []
+    tls: list[socket.socket] = []
     try:
+        if config.tls_listen and config.workers > 1:
+            raise UsageError("--tls-listen serves in one process for now: leave out --workers")
+        if config.tls_cert is not None and config.tls_key is not None:
+            server_context(str(config.tls_cert), str(config.tls_key))  # fail before binding
         listen = config.listen
         for _ in range(config.workers):
             pairs = open_listeners(listen, tfo_queue=config.tfo_queue, key=key, reuseport=reuseport)
             listen = tuple(pair.endpoint for pair in pairs)  # later workers: the same ports
             sets.append(pairs)
+        for endpoint in config.tls_listen:
+            tls.append(
+                tfo_listener((endpoint.host, endpoint.port), queue_len=config.tfo_queue, key=key)
+            )
     except DnstfoError:
         for pairs in sets:
             for pair in pairs:
                 pair.close()
+        for sock in tls:
+            sock.close()
         raise
     try:
         if config.pidfile is not None:
             write_pidfile(config.pidfile)
         if config.workers == 1:
-            _serve(config, sets[0], authority, on_ready=on_ready)
+            _serve(config, sets[0], authority, on_ready=on_ready, tls_listeners=tls)
             return 0
 
         def worker_main(pairs: list[ListenerPair], report_fd: int) -> None:

@@ -163,3 +163,28 @@ def test_tls_options_parse(words, tls, ca, hostname, insecure) -> None:
 def test_tls_hostname_needs_a_name() -> None:
     with pytest.raises(UsageError, match="needs a name"):
         digargs.parse(["+tls-hostname="])
+
+
+def _verdict_cases() -> list[tuple]:
+    from tests.client.test_verdict import CASES
+
+    return CASES
+
+
+@pytest.mark.parametrize("case", _verdict_cases())
+def test_tls_adds_one_round_to_every_verdict(case: tuple) -> None:
+    from dnstfo.client.verdict import judge
+    from tests.client.test_verdict import CLEAN
+
+    requested, no_cookie, before, obs, outcome, rounds, _ = case
+    v = judge(requested, no_cookie, before, obs, CLEAN, tls=True)
+    assert v.outcome is outcome
+    assert v.expected_rounds == (None if rounds is None else rounds + 1)
+
+
+def test_tls_in_syn_text_names_the_client_hello() -> None:
+    from dnstfo.client.verdict import judge
+    from tests.client.test_verdict import CACHED, CASES, CLEAN
+
+    v = judge(True, False, CACHED, CASES[3][3], CLEAN, tls=True)
+    assert v.text.startswith("answer in 2 round trips: ClientHello sent in the SYN")
