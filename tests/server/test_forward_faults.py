@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+import dns.edns
 import dns.flags
 import dns.message
 import dns.query
@@ -43,6 +44,8 @@ class Mode(enum.Enum):
     REVERSED = "pipelined answers in reverse order"
     NXDOMAIN = "nxdomain"
     UDP_TRUNCATED = "udp answers truncated"
+    CLOSE_ON_SECOND = "closes a connection at its second query (an idle close racing reuse)"
+    KEEPALIVE = "answers with edns-tcp-keepalive TIMEOUT 0.3 s"
 
 
 @dataclasses.dataclass
@@ -76,6 +79,7 @@ def _answer(query: dns.message.Message, up: Upstream) -> bytes:
 def _serve_tcp(conn: socket.socket, up: Upstream, stop: threading.Event) -> None:
     decoder = FrameDecoder()
     held: list[dns.message.Message] = []
+    seen = 0
     with conn:
         while not stop.is_set():
             try:
@@ -89,7 +93,10 @@ def _serve_tcp(conn: socket.socket, up: Upstream, stop: threading.Event) -> None
             for wire in decoder.feed(data):
                 query = dns.message.from_wire(wire)
                 up.queries += 1
+                seen += 1
                 mode = up.mode
+                if mode is Mode.CLOSE_ON_SECOND and seen == 2:
+                    return
                 if mode is Mode.SILENT:
                     continue
                 if mode is Mode.GARBAGE:
@@ -110,6 +117,11 @@ def _serve_tcp(conn: socket.socket, up: Upstream, stop: threading.Event) -> None
                     return
                 elif mode is Mode.REVERSED:
                     held.append(query)
+                elif mode is Mode.KEEPALIVE:
+                    response = dns.message.from_wire(_answer(query, up))
+                    option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x00\x03")
+                    response.use_edns(0, options=[option])
+                    conn.sendall(frame(response.to_wire()))
                 else:
                     conn.sendall(frame(_answer(query, up)))
             if held and len(held) >= 2:
@@ -356,3 +368,29 @@ def test_client_gone_before_answer_nothing_breaks(forwarder: Callable[..., Serve
         t.start()
         t.join(10)
         assert results == ["192.0.2.3"]
+
+
+def test_reused_connection_closed_retried_once_on_fresh(
+    forwarder: Callable[..., ServerThread],
+) -> None:
+    with upstream(Mode.CLOSE_ON_SECOND) as up:
+        server = forwarder(up, cache_size=0)
+        assert address(ask(server, "q1.fwd.example.")) == "192.0.2.2"
+        assert address(ask(server, "q2.fwd.example.")) == "192.0.2.3"
+        assert up.tcp_connections == 2  # the second query went again on a new connection
+        s = stats(server, up)
+        assert s.failures == 0
+        assert s.connections == 2
+
+
+def test_upstream_keepalive_timeout_honoured(forwarder: Callable[..., ServerThread]) -> None:
+    with upstream(Mode.KEEPALIVE) as up:
+        server = forwarder(up, cache_size=0, idle_timeout=30.0)
+        query = dns.message.make_query("q1.fwd.example.", "A", use_edns=0)
+        dns.query.tcp(query, "127.0.0.1", port=server.address[1], timeout=5)
+        fwd = server.server.forwarding.forwarder
+        started = time.monotonic()
+        while server.call(fwd.connections) and time.monotonic() - started < 5:
+            time.sleep(0.02)  # polling for the close, bounded
+        assert server.call(fwd.connections) == 0
+        assert 0.2 < time.monotonic() - started < 2.0  # 0.3 s, not the 30 s of our own
