@@ -369,6 +369,11 @@ class TlsSession:
         """Close the socket now."""
         return self._failed or self.inner.close_expected()
 
+    def reset_expected(self) -> bool:
+        """Close with a reset: the client stopped reading (a write stall), as over TCP."""
+        inner = self.inner
+        return inner.close_expected() and inner.close_reason is CloseReason.WRITE_STALL
+
     def get_timer(self) -> int | None:
         """The handshake deadline, or the inner session's."""
         if self._failed:
