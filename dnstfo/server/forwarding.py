@@ -162,7 +162,7 @@ class ForwardCollector:
                 buckets.append((str(bound / 1000), total))
             total += stats.latency[len(LATENCY_BUCKETS_MS)]
             buckets.append(("+Inf", total))
-            latency.add_metric([label], buckets, sum_value=0.0)
+            latency.add_metric([label], buckets, sum_value=stats.latency_ns / 1e9)
         yield answers
         yield latency
         cache = fwd.cache

@@ -19,12 +19,14 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dnstfo.answer.authority import Authority
 from dnstfo.errors import DnstfoError, NetworkError, UsageError
 from dnstfo.kernel.sockets import TfoKey, tfo_listener
 from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
+from dnstfo.server.forwarding import ForwardCollector
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
 from dnstfo.server.pidfile import remove_pidfile, write_pidfile
@@ -32,6 +34,9 @@ from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.supervisor import Supervisor
 from dnstfo.server.tls import TlsMetrics, server_context
 from dnstfo.server.workerstats import report_periodically, write_snapshot
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,9 @@ def _serve(
     process serves the metrics itself."""
     server = DnsServer(config, listeners, authority, tls_listeners)
     if report_fd is None and config.metrics is not None:
-        extra = [] if server.tls is None else [TlsMetrics(server.tls.stats)]
+        extra: list[Collector] = [] if server.tls is None else [TlsMetrics(server.tls.stats)]
+        if server.forwarding is not None:
+            extra.append(ForwardCollector(server.forwarding))
         try:
             start_metrics_server(server.stats, config.metrics.host, config.metrics.port, extra)
         except OSError as exc:

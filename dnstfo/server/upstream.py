@@ -87,6 +87,8 @@ class UpstreamStats:
     """Queries sent on a connection that had answered before."""
     latency: Counter[int] = field(default_factory=Counter)
     """Answers by latency bucket (index into ``LATENCY_BUCKETS_MS``; past the end: more)."""
+    latency_ns: int = 0
+    """The answers' latencies added up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +340,7 @@ class Forwarder:
         ms = trace.upstream_ns / 1e6
         bucket = next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b), None)
         stats.latency[len(LATENCY_BUCKETS_MS) if bucket is None else bucket] += 1
+        stats.latency_ns += trace.upstream_ns
         upstream.failures = 0
         upstream.aside_until = 0.0
         if scan.rcode == _SERVFAIL and q.tried < len(q.route):

@@ -160,6 +160,7 @@ def test_upstream_rounds_fresh_reused_cookie_and_no_tfo(chain: Any, tmp_path: Pa
         reused = [lab.client.run(timed_query, PORT, "mail.example.com.") for _ in range(3)]
     with forwarder(lab, zones) as cookie_log:
         with_cookie = lab.client.run(timed_query, PORT, "example.com.")
+        metrics = lab.client.run(scrape, METRICS)
     lab.client.write_sysctls({"net.ipv4.tcp_fastopen": "0"})
     try:
         with forwarder(lab, zones) as off_log:
@@ -189,3 +190,8 @@ def test_upstream_rounds_fresh_reused_cookie_and_no_tfo(chain: Any, tmp_path: Pa
     # What the client saw adds only the loopback link and the forwarder's own work.
     for (ms, _, _), want in ((with_cookie, 1.0), (no_tfo, 2.0), (min(reused), 1.0)):
         assert want <= _rounds(ms) < want + 0.5
+    # The metrics count the upstream's SYN data.
+    upstream = f'upstream="{lab.server_v4}:53"'
+    assert f"dnstfo_upstream_syn_data_sent_total{{{upstream}}} 1.0" in metrics
+    assert f"dnstfo_upstream_syn_data_acked_total{{{upstream}}} 1.0" in metrics
+    assert f"dnstfo_upstream_connections_total{{{upstream}}} 1.0" in metrics

@@ -24,8 +24,10 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from dnstfo.answer.forward import ForwardConfig, ForwardTransport
+from dnstfo.server.forwarding import ForwardCollector
 from dnstfo.wire.framing import FrameDecoder, frame
 from tests.server.conftest import ServerThread
 
@@ -219,6 +221,15 @@ def test_answer_and_connection_reused(forwarder: Callable[..., ServerThread]) ->
         assert s.answers[0] == 5
         assert s.connections == 1
         assert s.reused == 4
+        registry = CollectorRegistry()
+        registry.register(ForwardCollector(server.server.forwarding))
+        text = generate_latest(registry).decode()
+        label = f'upstream="127.0.0.1:{up.port}"'
+        assert f"dnstfo_upstream_queries_total{{{label}}} 5.0" in text
+        assert f'dnstfo_upstream_answers_total{{rcode="NOERROR",{label}}} 5.0' in text
+        assert f"dnstfo_upstream_reused_total{{{label}}} 4.0" in text
+        assert f'dnstfo_upstream_latency_seconds_bucket{{le="+Inf",{label}}} 5.0' in text
+        assert "dnstfo_forward_cache_misses_total 0.0" in text
 
 
 @pytest.mark.parametrize(
