@@ -12,10 +12,11 @@ Inputs: :meth:`~TcpSession.receive_data`, :meth:`~TcpSession.receive_eof`,
 (an answer that was not ready when its query was read) and :meth:`~TcpSession.close`.
 After *every* input the driver does the same thing, in one place: write
 :meth:`~TcpSession.data_to_send` and report what the socket took, close the socket if
-:meth:`~TcpSession.close_expected`, send FIN if :meth:`~TcpSession.eof_to_send`, wait for
-reading if :meth:`~TcpSession.wants_read` and for writing if
-:meth:`~TcpSession.wants_write`, queue the session for :meth:`~TcpSession.produce` if it
-:meth:`~TcpSession.wants_produce`, and re-arm its timer at :meth:`~TcpSession.get_timer`.
+:meth:`~TcpSession.close_expected` (with a reset if :meth:`~TcpSession.reset_expected`),
+send FIN if :meth:`~TcpSession.eof_to_send`, wait for reading if
+:meth:`~TcpSession.wants_read` and for writing if :meth:`~TcpSession.wants_write`, queue
+the session for :meth:`~TcpSession.produce` if it :meth:`~TcpSession.wants_produce`, and
+re-arm its timer at :meth:`~TcpSession.get_timer`.
 
 Output is produced lazily. Whole queries wait in a backlog; answers are made from it only
 while less than ``OUTPUT_HIGH`` bytes wait for the socket, at most ``PRODUCE_BUDGET``
@@ -23,9 +24,8 @@ bytes per input. A zone transfer's messages (about 1.5 ms of rendering each for 
 here) are made one at a time when the driver calls :meth:`~TcpSession.produce`, after all
 output was written, so the driver shares that work out between wake-ups and one
 connection's big work is interleaved with every other connection's. The driver reads no
-more while
-the backlog is not empty or the output is above the mark. What one connection holds in
-user space is therefore bounded by a constant (``MAX_BUFFERED``), whatever the client
+more while the backlog is not empty or the output is above the mark. What one connection
+holds in user space is therefore bounded by a constant (``MAX_BUFFERED``), whatever the client
 sends and however slowly it reads. Answers of one batch go out in one write (RFC 7766 §8;
 one write per read keeps pipelined answers from waiting behind the client's delayed ACK),
 in the order of the queries, each with its query's ID (RFC 7766 §6.2.1.1); answers given
@@ -373,6 +373,12 @@ class TcpSession:
     def close_expected(self) -> bool:
         """The driver should close the socket now (nothing more is written)."""
         return self._hard
+
+    def reset_expected(self) -> bool:
+        """Close with a reset, dropping what the kernel still holds to send: the client
+        stopped reading (a plain close would leave that data, and the FIN behind it, in
+        the kernel until the client's window opens, which it may never do)."""
+        return self._hard and self.conn.close_reason is CloseReason.WRITE_STALL
 
     def get_timer(self) -> int | None:
         """When to call :meth:`handle_timer` next (absolute monotonic ns), or None."""

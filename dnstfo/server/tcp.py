@@ -46,6 +46,7 @@ import heapq
 import logging
 import select
 import socket
+import struct
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
@@ -70,6 +71,8 @@ _SEND_FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _IN = select.EPOLLIN
 _OUT = select.EPOLLOUT
 _GONE = select.EPOLLHUP | select.EPOLLERR
+_RESET = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 s: close() sends RST and frees what was queued to send."""
 
 ACCEPT_BATCH = 64
 """Connections accepted per wake-up, so a flood of SYNs cannot starve open connections."""
@@ -422,8 +425,11 @@ class TcpServer:
         conn.sock = None
         del self._conns[conn.fd]
         del self._lru[conn.fd]
-        sock.close()  # the epoll set forgets the descriptor with it
         session = conn.session
+        if session.reset_expected():
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+        sock.close()  # the epoll set forgets the descriptor with it
         session.abort()  # (when the driver closes on its own: a failure, or the grace ran out)
         reason = session.close_reason
         _debug(conn.client, "closed: %s", reason.value if reason else "-")
