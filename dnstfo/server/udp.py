@@ -8,6 +8,10 @@ Theory of operation:
 - The socket is read from the event loop's reader callback with ``recvmsg``, up to
   ``_BATCH`` datagrams per wake-up (asyncio's datagram transport reads one per wake-up and
   cannot pass ancillary data).
+- Fairness: a batch is answered fewest-datagrams-first by client address (a stable sort,
+  so each client's own order is kept). A client that floods (cache-busting random names,
+  say) fills the socket's queue, but a client with one query in the batch is answered
+  before the flood's, not behind it.
 - On a wildcard address (``0.0.0.0``, ``::``) each datagram carries its destination
   address (IP_PKTINFO / IPV6_PKTINFO) and the reply goes out from that address, as
   RFC 1123 §6.1.3.5 asks of a multihomed host and clients check (a reply from another
@@ -26,6 +30,7 @@ import functools
 import logging
 import socket
 import time
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from dnstfo.answer.responder import Reply, Responder, Transport, truncated_reply
@@ -47,8 +52,8 @@ log = logging.getLogger(__name__)
 
 _UDP = Transport.UDP
 _MAX_DATAGRAM = 65535
-_BATCH = 64
-"""Datagrams read per wake-up before the loop gets control back."""
+_BATCH = 256
+"""Datagrams read per wake-up before the loop gets control back (and ordered for fairness)."""
 _SEND, _SLIP = RrlAction.SEND, RrlAction.SLIP
 
 
@@ -106,6 +111,7 @@ class UdpServer:
         sock = self.sock
         wildcard = self.wildcard
         ancdata: list[tuple[int, int, bytes]] = []
+        batch: list[tuple[bytes, tuple[str, int], list[tuple[int, int, bytes]]]] = []
         for _ in range(_BATCH):
             try:
                 if wildcard:
@@ -113,10 +119,16 @@ class UdpServer:
                 else:
                     data, addr = sock.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:  # e.g. an ICMP error for an earlier send
                 log.debug("UDP receive error: %s", exc)
-                return
+                break
+            batch.append((data, addr, ancdata))
+        if len(batch) > 1:
+            per_client = Counter(addr[0] for _, addr, _ in batch)
+            if len(per_client) > 1:
+                batch.sort(key=lambda item: per_client[item[1][0]])
+        for data, addr, ancdata in batch:
             self._datagram(data, addr, ancdata)
 
     def _datagram(
