@@ -7,6 +7,10 @@ command -v ip >/dev/null 2>&1 || need="$need iproute2"
 command -v dig >/dev/null 2>&1 || need="$need bind9-dnsutils"
 command -v kdig >/dev/null 2>&1 || need="$need knot-dnsutils"
 command -v knotd >/dev/null 2>&1 || [ -x /usr/sbin/knotd ] || need="$need knot"
+# openssl makes the test CA of DoT tests and the lab; dnsdist's TLS frontend is the DoT
+# interop peer.
+command -v openssl >/dev/null 2>&1 || need="$need openssl"
+command -v dnsdist >/dev/null 2>&1 || need="$need dnsdist"
 # libpcap compiles the capture filter of `dnstfo probe --pcap`; tshark reads the pcap back
 # in the tests.
 ldconfig -p 2>/dev/null | grep -q 'libpcap\.so' || need="$need libpcap0.8"
