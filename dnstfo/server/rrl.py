@@ -91,8 +91,8 @@ def prefix_key(client: str) -> str | bytes:
     Returns:
         A hashable key; equal for addresses of one prefix.
     """
-    if ":" not in client:
-        return client[: client.rfind(".")]  # the first three octets: /24
+    if "." in client:  # IPv4, or IPv4-mapped IPv6 (::ffff:192.0.2.1): its IPv4 /24
+        return client[client.rfind(":") + 1 : client.rfind(".")]
     return socket.inet_pton(socket.AF_INET6, client.partition("%")[0])[:_IPV6_PREFIX_BYTES]
 
 

@@ -56,6 +56,8 @@ def test_buckets_are_per_prefix() -> None:
     assert limiter.check("2001:db8:0:ee::2", 0) is DROP  # same /56
     assert limiter.check("2001:db8:0:100::1", 0) is SEND  # another /56
     assert prefix_key("fe80::1%eth0") == prefix_key("fe80::2")
+    assert prefix_key("::ffff:192.0.2.7") == prefix_key("192.0.2.200")
+    assert prefix_key("::ffff:192.0.3.7") != prefix_key("192.0.2.200")
 
 
 def test_the_table_stays_bounded() -> None:
