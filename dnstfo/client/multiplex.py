@@ -18,12 +18,13 @@ import itertools
 import logging
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from dnstfo.client.config import QueryConfig
+from dnstfo.client.config import QueryConfig, TlsOptions
 from dnstfo.client.exchange import (
     Exchange,
     check_header,
@@ -32,6 +33,7 @@ from dnstfo.client.exchange import (
     question_of,
 )
 from dnstfo.client.report import Fallback
+from dnstfo.client.tls import TlsClient, TlsPump, client_context
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.tcpinfo import TcpInfo, tcp_info
 from dnstfo.timing import Clock, MonotonicClock, PhaseTimes
@@ -97,6 +99,7 @@ class _Flight:
         "reading",
         "reason",
         "sock",
+        "tls",
         "wall",
     )
 
@@ -114,6 +117,7 @@ class _Flight:
         self.at_connect: TcpInfo | None = None
         self.question = b""
         self.reading = False
+        self.tls: TlsPump | None = None
 
 
 class Multiplexer:
@@ -136,6 +140,8 @@ class Multiplexer:
         self._heap: list[tuple[int, int, _Flight]] = []
         self._seq = itertools.count()
         self._live: set[_Flight] = set()
+        self._contexts: dict[TlsOptions, ssl.SSLContext] = {}
+        """One TLS context per set of options (loading CAs per connection would cost)."""
 
     def __len__(self) -> int:
         return len(self._live)
@@ -164,8 +170,14 @@ class Multiplexer:
         now = self._clock.now_ns()
         wire = query.to_wire() if wire is None else wire
         ex = Exchange(query, wire, config.timeout, now, per_phase=self._per_phase)
+        tls = hello = None
         try:
-            opening = open_connection(config, ex.data)
+            if config.tls is not None:  # DoT: the ClientHello is the first write, in the SYN
+                if config.tls not in self._contexts:
+                    self._contexts[config.tls] = client_context(config.tls)
+                tls = TlsClient(config.tls, config.server, self._contexts[config.tls])
+                hello = tls.start()
+            opening = open_connection(config, ex.data if hello is None else hello)
         except DnstfoError as exc:
             done(_failed(config, ex, exc, wall))
             return
@@ -180,7 +192,11 @@ class Multiplexer:
             opening.fallback,
             opening.fallback_reason,
         )
-        ex.on_sent(opening.in_syn)
+        if tls is not None and hello is not None:
+            flight.tls = TlsPump(tls, hello[opening.in_syn :], ex.data)
+            opening.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # see query.py
+        else:
+            ex.on_sent(opening.in_syn)
         self._live.add(flight)
         self._sel.register(flight.sock, selectors.EVENT_WRITE, flight)
         heapq.heappush(self._heap, (ex.deadline_ns, next(self._seq), flight))
@@ -220,6 +236,9 @@ class Multiplexer:
                 ex.on_connected(self._clock.now_ns())
                 flight.at_connect = tcp_info(sock)
                 self._requeue(flight)
+            if flight.tls is not None:
+                self._tls_step(flight, flight.tls)
+                return
             if ex.unsent:
                 try:
                     ex.on_sent(sock.send(ex.unsent))
@@ -252,13 +271,40 @@ class Multiplexer:
             if first:
                 self._requeue(flight)
             if messages:
-                if self._parse:
-                    response = ex.check(messages[0])
-                    self._finish(flight, response, response.rcode(), len(messages[0]), None)
-                else:
-                    rcode = check_header(ex.query.id, flight.question, messages[0])
-                    self._finish(flight, None, rcode, len(messages[0]), None)
+                self._answered(flight, messages[0])
                 return
+
+    def _tls_step(self, flight: _Flight, pump: TlsPump) -> None:
+        """DoT: writes the handshake and the query as the TLS layer makes them, reads
+        until the answer; the socket waits for writing only while ciphertext waits."""
+        ex = flight.ex
+        while True:
+            flushed = pump.flush(flight.sock)
+            events = selectors.EVENT_READ | (0 if flushed else selectors.EVENT_WRITE)
+            self._sel.modify(flight.sock, events, flight)
+            plain = pump.read(flight.sock)
+            if plain is None:
+                return
+            if pump.query is None and ex.unsent:  # handed to TLS with the client's Finished
+                ex.on_sent(len(ex.unsent))
+            if not plain:
+                continue
+            first = ex.first_byte is None
+            messages = ex.on_data(plain, self._clock.now_ns())
+            if first:
+                self._requeue(flight)
+            if messages:
+                self._answered(flight, messages[0])
+                return
+
+    def _answered(self, flight: _Flight, message: bytes) -> None:
+        ex = flight.ex
+        if self._parse:
+            response = ex.check(message)
+            self._finish(flight, response, response.rcode(), len(message), None)
+        else:
+            rcode = check_header(ex.query.id, flight.question, message)
+            self._finish(flight, None, rcode, len(message), None)
 
     def _requeue(self, flight: _Flight) -> None:
         if self._per_phase:

@@ -17,11 +17,12 @@ connection exists.
 
 from __future__ import annotations
 
+import socket
 import ssl
 from dataclasses import dataclass
 
 from dnstfo.client.config import TlsOptions
-from dnstfo.errors import RemoteProtocolError, UsageError
+from dnstfo.errors import NetworkError, RemoteProtocolError, UsageError
 
 ALPN = "dot"
 """The ALPN protocol ID of DNS over TLS (RFC 8310 §8.1 registers ``dot``)."""
@@ -191,3 +192,65 @@ def _reason(exc: ssl.SSLError) -> str:
     if reason == "TLSV1_ALERT_NO_APPLICATION_PROTOCOL":
         return f"{reason}: the server does not offer ALPN {ALPN!r}"
     return str(reason)
+
+
+class TlsPump:
+    """A ``TlsClient`` and the ciphertext waiting for a non-blocking socket: what a
+    driver that never blocks (``client.multiplex``) needs to run DoT like plain TCP.
+
+    Args:
+        client: the TLS layer (``start`` already called).
+        unsent: the part of the ClientHello the SYN did not carry.
+        query: the framed query, encrypted once the handshake is done.
+    """
+
+    __slots__ = ("client", "pending", "query")
+
+    def __init__(self, client: TlsClient, unsent: bytes, query: bytes) -> None:
+        self.client = client
+        self.pending = unsent
+        """Ciphertext still to write."""
+        self.query: bytes | None = query
+        """The framed query, until it is handed to the TLS layer."""
+
+    def flush(self, sock: socket.socket) -> bool:
+        """Writes what it can of ``pending``; True when nothing is left.
+
+        Raises:
+            NetworkError: the socket failed (errno kept).
+        """
+        while self.pending:
+            try:
+                n = sock.send(self.pending)
+            except BlockingIOError:
+                return False
+            except OSError as exc:
+                raise NetworkError.from_oserror("sending the TLS handshake", exc) from exc
+            self.pending = self.pending[n:]
+        return True
+
+    def read(self, sock: socket.socket) -> bytes | None:
+        """Reads once: runs the handshake and, when it completes, encrypts the query.
+
+        Returns:
+            The plaintext it completed (maybe ``b""``), or None when the socket has
+            nothing; then ``flush`` and wait (for writing too while ``pending``).
+
+        Raises:
+            TlsError: the handshake failed.
+            RemoteProtocolError: the server closed the connection.
+            NetworkError: the socket failed.
+        """
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError as exc:
+            raise NetworkError.from_oserror("reading the response", exc) from exc
+        client = self.client
+        plain = client.receive(chunk)
+        if client.established and self.query is not None:
+            client.send(self.query)
+            self.query = None
+        self.pending += client.data_to_send()
+        return plain

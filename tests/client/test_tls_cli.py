@@ -89,3 +89,28 @@ def test_tls_port_defaults_to_853() -> None:
     assert config.tls.hostname == "127.0.0.1"
     config, _ = _config(digargs.parse(["example.com", "@127.0.0.1"]))
     assert (config.port, config.tls) == (53, None)
+
+
+@pytest.mark.parametrize("parse", [True, False])
+def test_the_multiplexed_driver_speaks_tls(served: _TlsServer, ca: TestCa, parse: bool) -> None:
+    import dns.message
+
+    from dnstfo.client.config import QueryConfig, TfoMethod, TlsOptions
+    from dnstfo.client.multiplex import Multiplexer
+
+    options = TlsOptions(ca_file=str(ca.ca_cert))
+    bad = TlsOptions(ca_file=str(ca.ca_cert), hostname="other.test")
+    mux = Multiplexer(parse=parse)
+    outcomes = []
+    query = dns.message.make_query("www.test.example.", "A")
+    for tls, tfo in [(options, TfoMethod.OFF), (options, TfoMethod.SENDTO), (bad, TfoMethod.OFF)]:
+        config = QueryConfig("www.test.example.", "127.0.0.1", port=served.port, tls=tls, tfo=tfo)
+        mux.start(config, query, outcomes.append)
+    while len(mux):
+        mux.poll(5)
+    mux.close()
+    answered = [o for o in outcomes if o.error is None]
+    (refused,) = [o for o in outcomes if o.error is not None]
+    assert [o.rcode for o in answered] == [5, 5]  # REFUSED: the test server has no zones
+    assert "Hostname mismatch" in str(refused.error)
+    assert served.call(lambda: served.ctx.stats.handshakes) == 2
