@@ -171,13 +171,19 @@ def render_single(record: dict[str, Any]) -> list[str]:
 
 
 def _run(opts: dict[str, Any], targets: tuple[str, ...]) -> int:
+    from dnstfo.client.config import TlsOptions
     from dnstfo.probe.plan import Plan
     from dnstfo.probe.records import write
     from dnstfo.probe.run import ProbeConfig, probe_targets
     from dnstfo.probe.summary import Summary
 
+    tls = None
+    if opts["tls"] or opts["tls_ca"]:
+        ca = opts["tls_ca"]
+        tls = TlsOptions(ca_file=ca, insecure=ca is None)  # opportunistic (RFC 8310 §5)
+    port = opts["port"] or (853 if tls else 53)
     found = _targets(
-        targets, opts["targets_file"], opts["ns"], opts["resolver"], opts["port"], opts["shard"]
+        targets, opts["targets_file"], opts["ns"], opts["resolver"], port, opts["shard"]
     )
     plan = Plan(tfo_attempts=opts["attempts"])
     out: TextIO = sys.stdout
@@ -197,6 +203,7 @@ def _run(opts: dict[str, Any], targets: tuple[str, ...]) -> int:
             timeout=opts["timeout"],
             vantage=opts["vantage"],
             evidence=evidence,
+            tls=tls,
         )
         if opts["output"] not in (None, "-"):
             try:
@@ -262,11 +269,16 @@ def _summary(files: tuple[str, ...]) -> int:
 @click.option(
     "-p",
     "--port",
-    default=53,
-    show_default=True,
     type=click.IntRange(1, 65535),
-    help="Port when a target names none.",
+    help="Port when a target names none [53; 853 with --tls].",
 )
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="Over DNS over TLS: the ClientHello rides in the SYN (certificates not checked "
+    "unless --tls-ca).",
+)
+@click.option("--tls-ca", metavar="FILE", help="With --tls: check certificates against FILE.")
 @click.option("--name", help="Name to ask (default: the target's domain SOA, else . NS).")
 @click.option("--type", "qtype", metavar="TYPE", help="Type to ask.")
 @click.option(

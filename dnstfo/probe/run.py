@@ -27,7 +27,7 @@ from typing import Protocol
 
 import dns.rcode
 
-from dnstfo.client.config import QueryConfig, TfoMethod
+from dnstfo.client.config import QueryConfig, TfoMethod, TlsOptions
 from dnstfo.client.message import build_query
 from dnstfo.client.multiplex import Multiplexer, Outcome
 from dnstfo.client.observe import CookieReader, route_source, syn_retransmits
@@ -93,6 +93,8 @@ class ProbeConfig:
     """Where this runs from, for the records (None: this host's name)."""
     evidence: Evidence | None = None
     """Wire evidence hooks (``--pcap``, ``--syn-only``), or None."""
+    tls: TlsOptions | None = None
+    """Probe over DNS over TLS (the ClientHello is what rides in the SYN), or None."""
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -345,6 +347,7 @@ def probe_targets(
             tfo=tfo,
             recurse=False,
             timeout=config.timeout,
+            tls=config.tls,
         )
         before = cookies.cookie(run.target.address, run.source) if tfo is TfoMethod.SENDTO else None
 
