@@ -183,3 +183,24 @@ def test_a_bad_pair_on_reload_keeps_the_old_one(ca: TestCa, tmp_path: Path) -> N
 
 def test_stats_start_empty() -> None:
     assert TlsStats().handshakes == 0
+
+
+def test_metrics_name_versions_resumptions_and_failure_reasons() -> None:
+    from dnstfo.server.tls import TlsMetrics
+
+    stats = TlsStats(handshakes=3, resumptions=1)
+    stats.versions["TLSv1.3"] = 2
+    stats.versions["TLSv1.2"] = 1
+    stats.failures["timeout"] = 4
+    got = {
+        (family.name, tuple(sorted(sample.labels.items())), sample.value)
+        for family in TlsMetrics(stats).collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    }
+    assert got == {
+        ("dnstfo_tls_handshakes", (("version", "TLSv1.2"),), 1),
+        ("dnstfo_tls_handshakes", (("version", "TLSv1.3"),), 2),
+        ("dnstfo_tls_resumptions", (), 1),
+        ("dnstfo_tls_handshake_failures", (("reason", "timeout"),), 4),
+    }
