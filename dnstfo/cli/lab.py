@@ -20,6 +20,7 @@ from dnstfo.lab.topology import MAX_ANYCAST, MAX_SERVER_ADDRESSES
 if TYPE_CHECKING:
     from dnstfo.client.compare import CompareStep
     from dnstfo.client.result import TfoReport
+    from dnstfo.lab.chain import Chain, ChainSpec
     from dnstfo.lab.demo import DemoResult, DemoServer
     from dnstfo.lab.topology import Lab, LabSpec
 
@@ -141,8 +142,19 @@ def _check_name(_ctx: click.Context, _param: click.Parameter, value: str | None)
 )
 @click.option("--shared-key", is_flag=True,
               help="One TFO key for every anycast instance [each its own].")  # fmt: skip
+@click.option("--chain", is_flag=True,
+              help="Three namespaces, client - forwarder - upstream, each link its own delay "
+              "line (--rtt: client link, --upstream-rtt: upstream link).")  # fmt: skip
+@click.option("--upstream-rtt", default="100ms", show_default=True, callback=parse_ms,
+              help="With --chain: RTT between forwarder and upstream.")  # fmt: skip
 def up(
-    name: str | None, server_addresses: int, anycast: int, shared_key: bool, **path: Any
+    name: str | None,
+    server_addresses: int,
+    anycast: int,
+    shared_key: bool,
+    chain: bool,
+    upstream_rtt: float,
+    **path: Any,
 ) -> None:
     """Start a lab and keep it up until Ctrl-C, SIGINT or SIGTERM.
 
@@ -150,6 +162,10 @@ def up(
     printed (with --name they are fixed).
     """
     from dnstfo.lab.topology import start_lab
+
+    if chain:
+        _chain_up(path, upstream_rtt, name, server_addresses, anycast, shared_key)
+        return
 
     try:
         spec = replace(
@@ -179,14 +195,29 @@ def up(
     is_flag=True,
     help="DNS over TLS (port 853, a test CA made on the fly): 3 rounds become 2.",
 )
-def demo(count: int, zones: Path | None, tls: bool, **path: Any) -> None:
+@click.option(
+    "--forward",
+    is_flag=True,
+    help="A forwarding chain (client - dnstfo serve --forward - upstream): the rounds of a "
+    "forwarded query per link, without TFO, with TFO on both, upstream connection reused.",
+)
+@click.option("--upstream-rtt", default="100ms", show_default=True, callback=parse_ms,
+              help="With --forward: RTT between forwarder and upstream.")  # fmt: skip
+def demo(
+    count: int, zones: Path | None, tls: bool, forward: bool, upstream_rtt: float, **path: Any
+) -> None:
     """DNS over TCP with and without TFO: 2 round trips become 1 (with --tls, 3 become 2).
 
     Runs `dnstfo serve` in the lab's server namespace and `dnstfo query +compare` in the
     client namespace. Exit status: 0 when the TFO queries took 1 round trip (TLS: 2), 3
     when not (the reason is printed), 1 when the lab failed, 2 without root or TUN.
+    With --forward: 0 when each link took the rounds expected in each case.
     """
     from dnstfo.lab.demo import DEFAULT_ZONES, run_demo
+
+    if forward:
+        _forward_demo(path, upstream_rtt, zones or DEFAULT_ZONES)
+        return
 
     with _lab_errors():
         spec = _spec(**path)
@@ -200,6 +231,99 @@ def demo(count: int, zones: Path | None, tls: bool, **path: Any) -> None:
         )
     _render_demo(result)
     if not result.story_held:
+        sys.exit(EXIT_STORY_FAILED)
+
+
+def _chain_spec(path: dict[str, Any], upstream_rtt: float) -> ChainSpec:
+    """The chain the options ask for (the path faults belong to the two-namespace lab)."""
+    from dnstfo.lab.chain import ChainSpec
+
+    if path["faults"] or path["loss"] or path["jitter"]:
+        raise click.UsageError("--fault, --loss and --jitter do not apply to a chain")
+    if path["client_tfo"] != path["server_tfo"]:
+        raise click.UsageError("a chain takes one TFO setting: give the same --client-tfo "
+                               "and --server-tfo")  # fmt: skip
+    try:
+        return ChainSpec(path["rtt"], upstream_rtt, path["client_tfo"])
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _chain_up(
+    path: dict[str, Any],
+    upstream_rtt: float,
+    name: str | None,
+    server_addresses: int,
+    anycast: int,
+    shared_key: bool,
+) -> None:
+    from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, start_chain
+
+    if name or server_addresses or anycast > 1 or shared_key:
+        raise click.UsageError("--name, --server-addresses, --anycast and --shared-key "
+                               "do not apply to a chain")  # fmt: skip
+    spec = _chain_spec(path, upstream_rtt)
+    with _lab_errors(), start_chain(spec) as running:
+        _render_chain(running)
+        c, f, u = (ns.name for ns in running.namespaces)
+        click.echo("run     for example")
+        click.echo(f"        ip netns exec {u} dnstfo serve --zone zones --listen {UPSTREAM_V4}:53")
+        click.echo(
+            f"        ip netns exec {f} dnstfo serve --zone OWN --listen {FORWARDER_V4}:53 "
+            f"--forward {UPSTREAM_V4} --forward-allow 198.18.0.1 --query-log text"
+        )
+        click.echo(f"        ip netns exec {c} dnstfo query example.com @{FORWARDER_V4}")
+        click.echo("up; press Ctrl-C (or send SIGINT or SIGTERM) to tear it down")
+        sys.stdout.flush()
+        while True:
+            signal.pause()
+
+
+def _render_chain(running: Chain) -> None:
+    from dnstfo.lab.chain import (
+        CLIENT_DEVICE,
+        CLIENT_V4,
+        FORWARDER_UP_V4,
+        FORWARDER_V4,
+        UPSTREAM_DEVICE,
+        UPSTREAM_V4,
+    )
+
+    spec = running.spec
+    click.echo(f"client    {running.client.name}  {CLIENT_DEVICE} {CLIENT_V4}")
+    click.echo(f"forwarder {running.forwarder.name}  {CLIENT_DEVICE} {FORWARDER_V4}, "
+               f"{UPSTREAM_DEVICE} {FORWARDER_UP_V4}")  # fmt: skip
+    click.echo(f"upstream  {running.upstream.name}  {UPSTREAM_DEVICE} {UPSTREAM_V4}")
+    click.echo(f"delay     client link rtt {spec.rtt_ms:g} ms (relay pid "
+               f"{running.client_link.pid}), upstream link rtt {spec.upstream_rtt_ms:g} ms "
+               f"(relay pid {running.upstream_link.pid})")  # fmt: skip
+
+
+def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> None:
+    from dnstfo.lab.forwarddemo import run_forward_demo
+
+    spec = _chain_spec(path, upstream_rtt)
+    with _lab_errors():
+        click.echo(f"building a chain: client link {spec.rtt_ms:g} ms, upstream link "
+                   f"{spec.upstream_rtt_ms:g} ms RTT ...")  # fmt: skip
+        result = run_forward_demo(spec, zones=zones, on_chain=_render_chain)
+    click.echo("")
+    click.echo(f"  {'case':42} {'client ms':>9} {'client link':>11} {'upstream link':>13}")
+    for case in result.cases:
+        client, upstream = result.rounds(case)
+        up = "-" if upstream is None else f"{upstream:.2f} (want {case.want_upstream})"
+        click.echo(f"  {case.title:42} {case.client_ms:9.1f} "
+                   f"{client:.2f} (want {case.want_client}) {up}")  # fmt: skip
+        syn = "query in the SYN, acked" if case.client_in_syn else "query after the handshake"
+        click.echo(f"  {'':42} client: {syn}; forwarder: {case.note}")
+    click.echo("")
+    if result.story_held:
+        click.echo(
+            "each link took the round trips expected: TFO saves one per link, and a "
+            "reused upstream connection costs one round trip without any handshake"
+        )
+    else:
+        click.echo("some link did not take the round trips expected (see the figures above)")
         sys.exit(EXIT_STORY_FAILED)
 
 

@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 TUN_NAME = "dtfo0"
 """Name of the TUN device in both namespaces (each namespace has its own)."""
 
+_DEVICE_ENV = "DNSTFO_LAB_TUN"
+"""How the relay process learns its TUN device's name."""
+
 CLIENT_V4, SERVER_V4 = "198.18.0.1", "198.18.0.2"
 CLIENT_V6, SERVER_V6 = "fd00:d7f0::1", "fd00:d7f0::2"
 
@@ -330,6 +333,7 @@ def delay_line(
     config: DelayConfig,
     *,
     start_timeout: float = 5.0,
+    device: str = TUN_NAME,
 ) -> Iterator[DelayLine]:
     """Starts the relay between namespaces, yields its handle, and always stops it.
 
@@ -341,6 +345,8 @@ def delay_line(
             are split by hash.
         config: delay, loss and faults to start with.
         start_timeout: seconds to wait for the relay to report ready.
+        device: the TUN device's name in each namespace (a namespace on two delay
+            lines, the middle of a chain, needs a name per line).
 
     Yields:
         The running delay line.
@@ -359,7 +365,8 @@ def delay_line(
         str(client_ns),
         *(str(path) for path in servers),
     ]
-    proc = subprocess.Popen(argv, pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL)
+    env = {**os.environ, _DEVICE_ENV: device}
+    proc = subprocess.Popen(argv, pass_fds=[child_end.fileno()], stdin=subprocess.DEVNULL, env=env)
     child_end.close()
     line = DelayLine(proc, parent_end, config)
     try:
@@ -606,12 +613,13 @@ def _relay_main(argv: list[str]) -> int:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 µs: wake up on time
         realtime_priority()  # wake up on time even when the machine is busy
+        device = os.environ.get(_DEVICE_ENV, TUN_NAME)
         setns(client_ns)
-        client_fd = open_tun(TUN_NAME)
+        client_fd = open_tun(device)
         server_fds = []
         for server_ns in server_namespaces:
             setns(server_ns)
-            server_fds.append(open_tun(TUN_NAME))
+            server_fds.append(open_tun(device))
     except Exception as exc:
         control.sendall(json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode() + b"\n")
         return 1

@@ -260,12 +260,14 @@ def _add_addresses(ns: Namespace, addresses: tuple[str, ...]) -> None:
         raise LabError(f"adding addresses in {ns.name}: {done.stderr.strip()}")
 
 
-def _configure(ns: Namespace, local: str, peer: str, local_v6: str | None) -> None:
+def _configure(
+    ns: Namespace, local: str, peer: str, local_v6: str | None, device: str = _delay.TUN_NAME
+) -> None:
     """Gives the namespace's TUN device its addresses and brings it up."""
     from pyroute2 import IPRoute
 
     with IPRoute(netns=ns.name) as ipr:
-        (index,) = ipr.link_lookup(ifname=_delay.TUN_NAME)
+        (index,) = ipr.link_lookup(ifname=device)
         # Point-to-point: a /32 with the peer's address installs the route to the peer.
         ipr.addr("add", index=index, local=local, address=peer, prefixlen=32)
         if local_v6 is not None:

@@ -1,0 +1,206 @@
+"""The forwarding demo: the round trips of a forwarded query, counted per link.
+
+In a chain (see :mod:`dnstfo.lab.chain`) ``dnstfo serve`` answers ``zones/`` in the
+upstream namespace and ``dnstfo serve --forward`` runs in the forwarder's namespace; the
+client asks the forwarder for :data:`~dnstfo.lab.demo.QNAME` three ways:
+
+1. Fast Open off on both links (``tcp_fastopen=0`` in the client's and the forwarder's
+   namespaces), fresh connections: a handshake, then the query, on each link: 2 + 2.
+2. Fast Open on, cookies cached on both links (a priming query fetched them), a fresh
+   upstream connection (the forwarder restarted): the query rides in the SYN on each: 1 + 1.
+3. The same, the forwarder's upstream connection reused: 1 + 1 without any SYN upstream.
+
+The client times the whole query; the forwarder's query log gives the upstream part, so
+the client link's share is the difference.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dnstfo.client.config import QueryConfig, TfoMethod
+from dnstfo.client.query import exchange
+from dnstfo.errors import LabError
+from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, Chain, ChainSpec, start_chain
+from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
+from dnstfo.lab.netns import Namespace, realtime_priority
+
+PORT = 53
+_CLI = "from dnstfo.cli import main; main(prog_name='dnstfo')"
+_START_TIMEOUT_S = 15.0
+_OWN_ZONE = "$ORIGIN fwd.test.\n$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
+"""The forwarder's own zone: anything but the demo's name, so that name is forwarded."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardCase:
+    """One forwarded query of the demo."""
+
+    title: str
+    """What the case shows."""
+    client_ms: float
+    """The whole query as the client timed it."""
+    upstream_ms: float | None
+    """The forwarder's time to the upstream (None: no log line)."""
+    note: str
+    """The forwarder's query log note (upstream, fresh or reused, SYN data)."""
+    client_in_syn: bool
+    """The client's query went in its SYN and was acknowledged."""
+    want_client: int
+    """Round trips expected on the client link."""
+    want_upstream: int
+    """Round trips expected on the upstream link."""
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardDemoResult:
+    """The three cases, in order."""
+
+    spec: ChainSpec
+    """The chain they ran in."""
+    cases: tuple[ForwardCase, ...] = field(default_factory=tuple)
+    """What each query took."""
+
+    def rounds(self, case: ForwardCase) -> tuple[float, float | None]:
+        """(client link, upstream link) round trips of a case."""
+        if case.upstream_ms is None:
+            return case.client_ms / self.spec.rtt_ms, None
+        upstream = case.upstream_ms / self.spec.upstream_rtt_ms
+        return (case.client_ms - case.upstream_ms) / self.spec.rtt_ms, upstream
+
+    @property
+    def story_held(self) -> bool:
+        """Every case took the round trips expected on each link (within half a round)."""
+        for case in self.cases:
+            client, upstream = self.rounds(case)
+            if upstream is None or abs(upstream - case.want_upstream) >= 0.5:
+                return False
+            if abs(client - case.want_client) >= 0.5:
+                return False
+        return True
+
+
+def _wait_listening(ns: Namespace, proc: subprocess.Popen[str], port: int) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            _, err = proc.communicate()
+            raise LabError(f"dnstfo serve in {ns.name} exited: {err.strip()[-500:]}")
+        if ns.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
+            return
+        time.sleep(0.05)  # polling for the listening socket, bounded
+    raise LabError(f"dnstfo serve in {ns.name} did not listen within {_START_TIMEOUT_S:g} s")
+
+
+@contextlib.contextmanager
+def _serve(ns: Namespace, args: list[str], log: list[str]) -> Iterator[None]:
+    """``dnstfo serve ARGS`` in ``ns``; its stderr lines are added to ``log`` at the end."""
+    argv = ["ip", "netns", "exec", ns.name, sys.executable, "-c", _CLI, "serve", *args]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    realtime_priority(pid=proc.pid)
+    try:
+        _wait_listening(ns, proc, PORT)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        log.extend(err.splitlines())
+
+
+def _forwarded(log: list[str]) -> list[tuple[float | None, str]]:
+    """(upstream ms, note) of each forwarded query in a JSON query log."""
+    out: list[tuple[float | None, str]] = []
+    for line in log:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        note = entry.get("forward") if isinstance(entry, dict) else None
+        if note:
+            ms = None
+            if "upstream-ms=" in note:
+                ms = float(note.rsplit("upstream-ms=", 1)[1].split()[0])
+            out.append((ms, note))
+    return out
+
+
+def run_forward_demo(
+    spec: ChainSpec,
+    *,
+    zones: Path = DEFAULT_ZONES,
+    on_chain: Callable[[Chain], None] | None = None,
+) -> ForwardDemoResult:
+    """Builds a chain, runs the three cases, tears everything down.
+
+    Raises:
+        PermissionNeeded: not root or no /dev/net/tun.
+        LabError: the chain or a server failed.
+        DnstfoError: a query failed outright.
+    """
+    with tempfile.TemporaryDirectory(prefix="dtfo-fwd-") as tmp, start_chain(spec) as chain:
+        own = Path(tmp)
+        (own / "fwd.test.zone").write_text(_OWN_ZONE)
+        own.chmod(0o755)
+        forwarder = ["--zone", str(own), "--listen", f"{FORWARDER_V4}:{PORT}",
+                     "--forward", f"{UPSTREAM_V4}:{PORT}", "--forward-allow", "198.18.0.0/24",
+                     "--forward-cache-size", "0", "--query-log", "json"]  # fmt: skip
+        upstream = ["--zone", str(zones), "--listen", f"{UPSTREAM_V4}:{PORT}"]
+        if on_chain is not None:
+            on_chain(chain)
+        cases: list[ForwardCase] = []
+        ignored: list[str] = []
+        with _serve(chain.upstream, upstream, ignored):
+            tfo_off = {"net.ipv4.tcp_fastopen": "0"}
+            tfo_on = {"net.ipv4.tcp_fastopen": str(spec.tcp_fastopen)}
+            for ns in (chain.client, chain.forwarder):
+                ns.write_sysctls(tfo_off)
+            log: list[str] = []
+            with _serve(chain.forwarder, forwarder, log):
+                plain = _ask(chain, TfoMethod.OFF)
+            cases.append(_case("Fast Open off, fresh connections", plain, log, 2, 2))
+            for ns in (chain.client, chain.forwarder):
+                ns.write_sysctls(tfo_on)
+            with _serve(chain.forwarder, forwarder, ignored):
+                _ask(chain, TfoMethod.SENDTO)  # priming: cookies for both links
+            log = []
+            with _serve(chain.forwarder, forwarder, log):
+                fresh = _ask(chain, TfoMethod.SENDTO)
+                reused = _ask(chain, TfoMethod.SENDTO)
+            cases.append(_case("Fast Open on both links, cookies cached", fresh, log[:], 1, 1))
+            log_rest = _forwarded(log)[1:]
+            cases.append(
+                _case("Fast Open, upstream connection reused", reused, log, 1, 1, log_rest)
+            )
+    return ForwardDemoResult(spec, tuple(cases))
+
+
+def _ask(chain: Chain, tfo: TfoMethod) -> tuple[float, bool]:
+    """One query from the client namespace: (ms, query in the SYN and acked)."""
+    config = QueryConfig(qname=QNAME, server=FORWARDER_V4, port=PORT, tfo=tfo)
+    result = chain.client.run(exchange, config, timeout=30.0, realtime=True)
+    return result.elapsed_ms, bool(result.tfo.after.attempted and result.tfo.after.syn_data_acked)
+
+
+def _case(
+    title: str,
+    asked: tuple[float, bool],
+    log: list[str],
+    want_client: int,
+    want_upstream: int,
+    entries: list[tuple[float | None, str]] | None = None,
+) -> ForwardCase:
+    found = entries if entries is not None else _forwarded(log)
+    upstream_ms, note = found[0] if found else (None, "(no log line)")
+    return ForwardCase(title, asked[0], upstream_ms, note, asked[1], want_client, want_upstream)
