@@ -16,6 +16,7 @@ from dnstfo.cli.exits import Exit
 if TYPE_CHECKING:
     from dnstfo.cli.digargs import DigArgs
     from dnstfo.client.config import QueryConfig
+    from dnstfo.client.tls import TlsSessions
     from dnstfo.errors import DnstfoError
 
 
@@ -254,8 +255,13 @@ def _run_query(d: DigArgs) -> int:
     count = d.repeat or 1
     status: int = Exit.OK
     failures = 0
+    sessions = None
+    if config.tls is not None:  # +repeat: later queries resume the first one's session
+        from dnstfo.client.tls import TlsSessions
+
+        sessions = TlsSessions()
     for _ in range(count):
-        code = _run_one(config, server_name, bool(d.json), bool(d.short))
+        code = _run_one(config, server_name, bool(d.json), bool(d.short), sessions=sessions)
         if code:
             status, failures = code, failures + 1
     if count > 1 and failures:
@@ -263,7 +269,13 @@ def _run_query(d: DigArgs) -> int:
     return status
 
 
-def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: bool) -> int:
+def _run_one(
+    config: QueryConfig,
+    server_name: str,
+    as_json: bool,
+    as_short: bool,
+    sessions: TlsSessions | None = None,
+) -> int:
     """One query, printed; returns its exit status."""
     import time
 
@@ -273,7 +285,7 @@ def _run_one(config: QueryConfig, server_name: str, as_json: bool, as_short: boo
 
     wall = time.time()
     try:
-        result = exchange(config)
+        result = exchange(config, tls_sessions=sessions)
     except DnstfoError as exc:
         return _failed(exc, config, server_name, as_json, wall)
     if as_json:

@@ -115,12 +115,18 @@ def compare(config: QueryConfig, *, tfo_queries: int = 3, clock: Clock | None = 
     if tfo_queries < 1:
         raise UsageError(f"+compare needs at least one TFO query, not {tfo_queries}")
     tfo = config if config.tfo_requested else replace(config, tfo=TfoMethod.SENDTO)
-    steps = [CompareStep(Step.BASELINE, exchange(replace(config, tfo=TfoMethod.OFF), clock=clock))]
+    tls = None
+    if config.tls is not None:  # DoT: later steps resume the first one's session
+        from dnstfo.client.tls import TlsSessions
+
+        tls = TlsSessions()
+    plain = replace(config, tfo=TfoMethod.OFF)
+    steps = [CompareStep(Step.BASELINE, exchange(plain, clock=clock, tls_sessions=tls))]
     deleted, note = _forget_cookie(config.server)
     failed: list[FailedStep] = []
     for index, step in enumerate([Step.PRIMING] + [Step.TFO] * tfo_queries, start=1):
         try:
-            steps.append(CompareStep(step, exchange(tfo, clock=clock)))
+            steps.append(CompareStep(step, exchange(tfo, clock=clock, tls_sessions=tls)))
         except DnstfoError as exc:
             log.info("%s query %d failed: %s", step.value, index, exc)
             failed.append(FailedStep(step, index, QueryFailure.from_error(exc), exc))

@@ -40,7 +40,6 @@ from dnstfo.client.message import build_query, is_transfer, parse_response, tran
 from dnstfo.client.observe import CookieReader, route_source, syn_retransmits
 from dnstfo.client.report import CookieChange, TfoAfter, TfoBefore, Timings
 from dnstfo.client.result import QueryResult, TfoReport, Transfer
-from dnstfo.client.tls import HANDSHAKE, TlsClient
 from dnstfo.client.verdict import judge
 from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
 from dnstfo.kernel import sysctl
@@ -50,12 +49,16 @@ from dnstfo.timing import Clock, MonotonicClock
 if TYPE_CHECKING:
     import dns.message
 
+    from dnstfo.client.tls import TlsClient, TlsSessions  # imports ssl: only for DoT
+
 log = logging.getLogger(__name__)
 
 _RECV_SIZE = 65536
 
 
-def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
+def exchange(
+    config: QueryConfig, *, clock: Clock | None = None, tls_sessions: TlsSessions | None = None
+) -> QueryResult:
     """Sends one query and returns the checked response with its TFO report.
 
     A try that times out is repeated, on a new connection, up to ``config.tries`` times.
@@ -63,6 +66,8 @@ def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
     Args:
         config: what to ask, where, and how.
         clock: the monotonic clock for timings and deadlines (tests inject one).
+        tls_sessions: TLS contexts and sessions kept across a run's queries (DoT resumes
+            the last session); None keeps them for this call's tries only.
 
     Returns:
         The result; ``result.tfo.verdict.text`` says what TFO did.
@@ -79,10 +84,17 @@ def exchange(config: QueryConfig, *, clock: Clock | None = None) -> QueryResult:
     first_started = clock.now_ns()
     last: PhaseTimeout | None = None
     cookies = CookieReader()
+    sessions = tls_sessions
+    if sessions is None and config.tls is not None:
+        from dnstfo.client.tls import TlsSessions
+
+        sessions = TlsSessions()
     try:
         for attempt in range(1, max(config.tries, 1) + 1):
             try:
-                return _one_try(config, query, wire, clock, attempt, first_started, cookies)
+                return _one_try(
+                    config, query, wire, clock, attempt, first_started, cookies, sessions
+                )
             except PhaseTimeout as exc:
                 log.info("try %d of %d: %s", attempt, config.tries, exc)
                 last = exc
@@ -153,12 +165,14 @@ def _one_try(
     attempt: int,
     first_started: int,
     cookies: CookieReader,
+    sessions: TlsSessions | None,
 ) -> QueryResult:
     addr = (config.server, config.port)
     before = _read_before(config, cookies)
     wall = time.time()
+    # The TLS context (CA loading) is made before the clock starts; the ClientHello after.
+    tls = None if config.tls is None or sessions is None else sessions.client(config.tls, *addr)
     ex = Exchange(query, wire, config.timeout, clock.now_ns())
-    tls = None if config.tls is None else TlsClient(config.tls, config.server)
     first = ex.data if tls is None else tls.start()  # the ClientHello goes in the SYN
     log.debug("connect.started %s port %d tfo=%s", *addr, config.tfo.value)
     opening = open_connection(config, first)
@@ -187,6 +201,8 @@ def _one_try(
         if is_transfer(query):
             transfer = _read_transfer(conn, query, response, messages)
         ended = clock.now_ns()
+        if tls is not None and sessions is not None:
+            sessions.keep(tls, *addr)
     after = _read_after(config, cookies, before, at_connect, info, local[0], opening)
     times = ex.times()
     timings = Timings.measure(
@@ -230,6 +246,8 @@ def _one_try(
 
 def _tls_handshake(conn: _Connection, tls: TlsClient) -> None:
     """Writes the rest of the ClientHello and pumps records until the handshake is done."""
+    from dnstfo.client.tls import HANDSHAKE
+
     while not tls.established:
         _flush(conn, HANDSHAKE)
         conn.wait(select.POLLIN, HANDSHAKE)

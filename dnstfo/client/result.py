@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from dnstfo.client.config import QueryConfig
 from dnstfo.client.report import TfoAfter, TfoBefore, Timings
-from dnstfo.client.tls import TlsInfo
 from dnstfo.client.verdict import Verdict
 from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
 from dnstfo.kernel.tcpinfo import TcpInfo
@@ -15,6 +14,8 @@ from dnstfo.timing import PhaseTimes
 
 if TYPE_CHECKING:
     import dns.message
+
+    from dnstfo.client.tls import TlsInfo  # imports ssl: only for DoT
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,15 +90,26 @@ class TlsClient:
     __slots__ = ("_in", "_obj", "_out", "established", "hostname", "options")
 
     def __init__(
-        self, options: TlsOptions, hostname: str, context: ssl.SSLContext | None = None
+        self,
+        options: TlsOptions,
+        hostname: str,
+        context: ssl.SSLContext | None = None,
+        session: ssl.SSLSession | None = None,
     ) -> None:
         ctx = context or client_context(options)
         self.options = options
         self.hostname = None if options.insecure else (options.hostname or hostname)
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()
-        self._obj = ctx.wrap_bio(self._in, self._out, server_hostname=self.hostname)
+        self._obj = ctx.wrap_bio(
+            self._in, self._out, server_hostname=self.hostname, session=session
+        )
         self.established = False
+
+    @property
+    def session(self) -> ssl.SSLSession | None:
+        """The session to resume next time (with its ticket once one arrived), or None."""
+        return self._obj.session if self.established else None
 
     def start(self) -> bytes:
         """Begins the handshake; returns the ClientHello (the first write, into the SYN)."""
@@ -192,6 +203,36 @@ def _reason(exc: ssl.SSLError) -> str:
     if reason == "TLSV1_ALERT_NO_APPLICATION_PROTOCOL":
         return f"{reason}: the server does not offer ALPN {ALPN!r}"
     return str(reason)
+
+
+class TlsSessions:
+    """Contexts and sessions kept across the queries of one run (``+repeat``, ``+compare``),
+    so that a later connection to the same server resumes (RFC 8446 §2.2): no certificate
+    to send or check. Resumption in TLS 1.3 still takes the handshake's round trip."""
+
+    __slots__ = ("_contexts", "_sessions")
+
+    def __init__(self) -> None:
+        self._contexts: dict[TlsOptions, ssl.SSLContext] = {}
+        self._sessions: dict[tuple[TlsOptions, str, int], ssl.SSLSession] = {}
+
+    def client(self, options: TlsOptions, server: str, port: int) -> TlsClient:
+        """A TLS layer for ``server``, resuming the last session kept for it.
+
+        Raises:
+            UsageError: the CA file cannot be loaded.
+        """
+        context = self._contexts.get(options)
+        if context is None:
+            context = self._contexts[options] = client_context(options)
+        session = self._sessions.get((options, server, port))
+        return TlsClient(options, server, context, session)
+
+    def keep(self, client: TlsClient, server: str, port: int) -> None:
+        """Keeps ``client``'s session for the next connection to ``server``."""
+        session = client.session
+        if session is not None and session.has_ticket:
+            self._sessions[(client.options, server, port)] = session
 
 
 class TlsPump:

@@ -22,7 +22,7 @@ def captured(monkeypatch):
     from dnstfo.cli import query as cli_query
 
     seen: list[tuple[QueryConfig, str, bool, bool]] = []
-    monkeypatch.setattr(cli_query, "_run_one", lambda *a: seen.append(a))
+    monkeypatch.setattr(cli_query, "_run_one", lambda *a, **_: seen.append(a))
     monkeypatch.setattr(cli_query, "_run_compare", lambda *a: seen.append(a))
 
     def run(*args: str) -> tuple[int, list, str]:

@@ -114,3 +114,13 @@ def test_the_multiplexed_driver_speaks_tls(served: _TlsServer, ca: TestCa, parse
     assert [o.rcode for o in answered] == [5, 5]  # REFUSED: the test server has no zones
     assert "Hostname mismatch" in str(refused.error)
     assert served.call(lambda: served.ctx.stats.handshakes) == 2
+
+
+def test_repeat_resumes_the_session(
+    served: _TlsServer, ca: TestCa, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(_query(served, f"+tls-ca={ca.ca_cert}", "+json", "+repeat=3", "+notfo")) == 0
+    resumed = [json.loads(line)["tls"]["resumed"] for line in capsys.readouterr().out.splitlines()]
+    assert resumed == [False, True, True]
+    stats = served.call(lambda: (served.ctx.stats.handshakes, served.ctx.stats.resumptions))
+    assert stats == (3, 2)
