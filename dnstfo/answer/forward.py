@@ -32,6 +32,8 @@ _OPT = 41
 _SOA = 6
 _KEEPALIVE = 11
 _NXDOMAIN = 3
+_ALLOWED_MEMO = 65536
+"""Client addresses whose ACL decision is remembered (then the memo starts over)."""
 
 
 class ForwardTransport(enum.Enum):
@@ -81,6 +83,8 @@ class ForwardConfig:
         default_factory=dict, init=False, repr=False, compare=False
     )
     """``zones`` by suffix (built once)."""
+    _allowed: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+    """Clients already checked against ``allow`` (parsing an address costs microseconds)."""
 
     def __post_init__(self) -> None:
         for zone in self.zones:
@@ -97,6 +101,15 @@ class ForwardConfig:
         """Whether ``client`` (an address) may have its queries forwarded."""
         if client is None:
             return False
+        known = self._allowed.get(client)
+        if known is not None:
+            return known
+        if len(self._allowed) >= _ALLOWED_MEMO:
+            self._allowed.clear()
+        allowed = self._allowed[client] = self._check(client)
+        return allowed
+
+    def _check(self, client: str) -> bool:
         try:
             address = ipaddress.ip_address(client.split("%", 1)[0])
         except ValueError:

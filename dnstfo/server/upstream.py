@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import heapq
 import logging
 import random
 import socket
@@ -157,7 +158,8 @@ class _Query:
         self.conn: _Connection | None = None
         self.qid = 0
         self.retried = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: int | None = None
+        """The token of the armed attempt deadline (None: none armed)."""
         self.tried = 0
         self.attempt_at = 0
         self.udp: socket.socket | None = None
@@ -182,6 +184,7 @@ class _Connection:
         "answered",
         "connected",
         "decoder",
+        "flushing",
         "idle_timer",
         "in_syn",
         "keepalive_s",
@@ -208,6 +211,8 @@ class _Connection:
         self.in_syn = False
         self.syn_acked = False
         self.writing = False
+        self.flushing = False
+        """A write of what ``out`` holds is scheduled."""
         self.keepalive_s: float | None = None
         self.idle_timer: asyncio.TimerHandle | None = None
 
@@ -228,6 +233,11 @@ class Forwarder:
         for address in config.upstreams + tuple(a for z in config.zones for a in z.upstreams):
             self.upstreams.setdefault(address, _Upstream(address))
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines: list[tuple[float, int, _Query]] = []
+        """Attempt deadlines (loop time, token, query); stale ones are skipped."""
+        self._seq = 0
+        self._wake: asyncio.TimerHandle | None = None
+        self._wake_at: float | None = None
 
     def stats(self) -> dict[str, UpstreamStats]:
         """Counters per upstream (by ``ADDR:PORT``)."""
@@ -278,12 +288,42 @@ class Forwarder:
         upstream = q.route[q.tried]
         q.tried += 1
         q.attempt_at = self.clock()
-        q.timer = loop.call_at(min(now + self.config.timeout, q.deadline), self._timed_out, q)
+        self._arm(q, min(now + self.config.timeout, q.deadline))
         upstream.stats.queries += 1
         if self.config.transport is ForwardTransport.UDP:
             self._send_udp(q, upstream)
         else:
             self._send_tcp(q, upstream)
+
+    def _arm(self, q: _Query, when: float) -> None:
+        """Sets the deadline of ``q``'s attempt (loop time); one loop timer serves all."""
+        self._seq += 1
+        q.timer = self._seq
+        heapq.heappush(self._deadlines, (when, self._seq, q))
+        if self._wake_at is None or when < self._wake_at:
+            assert self._loop is not None
+            if self._wake is not None:
+                self._wake.cancel()
+            self._wake_at = when
+            self._wake = self._loop.call_at(when, self._expire)
+
+    def _expire(self) -> None:
+        """Times out the attempts whose deadline passed, then re-arms the loop timer."""
+        assert self._loop is not None
+        self._wake = self._wake_at = None
+        heap = self._deadlines
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            _, token, q = heapq.heappop(heap)
+            if q.timer == token:
+                self._timed_out(q)
+        while heap and heap[0][2].timer != heap[0][1]:
+            heapq.heappop(heap)  # deadlines of attempts that ended
+        if heap and (self._wake_at is None or heap[0][0] < self._wake_at):
+            if self._wake is not None:  # armed above for a later deadline
+                self._wake.cancel()
+            self._wake_at = heap[0][0]
+            self._wake = self._loop.call_at(self._wake_at, self._expire)
 
     def _timed_out(self, q: _Query) -> None:
         q.timer = None
@@ -295,9 +335,7 @@ class Forwarder:
 
     def _forget(self, q: _Query) -> _Upstream | None:
         """Detaches ``q`` from its current attempt; returns that attempt's upstream."""
-        if q.timer is not None:
-            q.timer.cancel()
-            q.timer = None
+        q.timer = None
         conn, q.conn = q.conn, None
         if conn is not None:
             if conn.pending.pop(q.qid, None) is not None:
@@ -381,7 +419,10 @@ class Forwarder:
             conn.idle_timer.cancel()
             conn.idle_timer = None
         conn.out += frame(qid.to_bytes(2, "big") + q.wire[2:])
-        self._flush(conn)
+        if not conn.flushing:  # the queries of one read go out in one write
+            conn.flushing = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush_soon, conn)
 
     def _connection(self, upstream: _Upstream) -> _Connection | None:
         """The connection to send on: the least busy one under ``pipeline``, else a new
@@ -419,6 +460,10 @@ class Forwarder:
         assert self._loop is not None
         self._loop.add_reader(sock.fileno(), self._readable, conn)
         return conn
+
+    def _flush_soon(self, conn: _Connection) -> None:
+        conn.flushing = False
+        self._flush(conn)
 
     def _flush(self, conn: _Connection) -> None:
         sock = conn.sock
@@ -521,9 +566,7 @@ class Forwarder:
             )
             del conn.pending[qid]
             q.conn = None
-            if q.timer is not None:
-                q.timer.cancel()
-                q.timer = None
+            q.timer = None
             try:
                 scan = scan_response(message)
             except ValueError:
@@ -585,9 +628,7 @@ class Forwarder:
                 upstream.stats.queries += 1
                 self._send_tcp(q, upstream)
             else:
-                if q.timer is not None:
-                    q.timer.cancel()
-                    q.timer = None
+                q.timer = None
                 self._attempt(q)
 
     # ---- UDP -----------------------------------------------------------------------------
@@ -644,16 +685,11 @@ class Forwarder:
         now = self.clock()
         self._close_udp(q)
         if message[2] & 0x02:  # TC: the same upstream over TCP
-            if q.timer is not None:
-                q.timer.cancel()
             assert self._loop is not None
-            remaining = q.deadline - self._loop.time()
-            q.timer = self._loop.call_later(min(self.config.timeout, remaining), self._timed_out, q)
+            self._arm(q, min(self._loop.time() + self.config.timeout, q.deadline))
             self._send_tcp(q, upstream)
             return
-        if q.timer is not None:
-            q.timer.cancel()
-            q.timer = None
+        q.timer = None
         try:
             scan = scan_response(message)
         except ValueError:
