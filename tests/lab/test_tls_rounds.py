@@ -69,6 +69,7 @@ def test_tls_rounds_3_then_2_with_the_client_hello_in_the_syn(lab_with, ca, tmp_
         assert s["tls"]["version"] == "TLSv1.3"
         assert s["tls"]["alpn"] == "dot"
         assert s["tls"]["verified"] is True
+        assert s["tls"]["resumed"] is (s["step"] != "baseline")  # TLS 1.3: still 1 round trip
     for i, s in enumerate(steps):
         want = 2.0 if s["step"] == "tfo" else 3.0
         timings = [r["steps"][i]["tfo"]["timings"] for r in runs]
