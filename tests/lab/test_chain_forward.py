@@ -195,3 +195,32 @@ def test_upstream_rounds_fresh_reused_cookie_and_no_tfo(chain: Any, tmp_path: Pa
     assert f"dnstfo_upstream_syn_data_sent_total{{{upstream}}} 1.0" in metrics
     assert f"dnstfo_upstream_syn_data_acked_total{{{upstream}}} 1.0" in metrics
     assert f"dnstfo_upstream_connections_total{{{upstream}}} 1.0" in metrics
+
+
+def test_upstream_dropping_syn_data_still_answers(chain: Any, tmp_path: Path) -> None:
+    """A path that drops SYNs carrying data: the forwarder's kernel retries the SYN
+    without data (after its 1 s SYN timeout) and the client still gets the answer."""
+    import dataclasses
+
+    from dnstfo.kernel import tcp_metrics
+    from dnstfo.lab.delay import Fault
+
+    lab = chain
+    zones = tmp_path / "zones"
+    write_zone(zones)
+    lab.client.run(tcp_metrics.flush)
+    with forwarder(lab, zones):  # fetches a cookie for the upstream
+        lab.client.run(timed_query, PORT, "example.com.")
+    faulty = dataclasses.replace(lab.spec.delay_config(), faults=frozenset({Fault.DROP_SYN_DATA}))
+    lab.delay.configure(faulty)
+    try:
+        with forwarder(lab, zones) as log:
+            ms, rcode, answers = lab.client.run(timed_query, PORT, "example.com.")
+    finally:
+        lab.delay.configure(lab.spec.delay_config())
+        lab.client.run(tcp_metrics.flush)
+    assert rcode == 0
+    assert answers == ["192.0.2.1"]
+    assert ms < 1500 + 3 * RTT_MS  # the forwarder's own timeout was not needed
+    (line,) = [line for line in log if "upstream=" in line]
+    assert "fresh syn-data=sent" in line  # sent in the SYN, never acknowledged
