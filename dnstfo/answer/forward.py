@@ -231,6 +231,52 @@ def _keepalive(wire: bytes, pos: int, end: int) -> int | None:
     return None
 
 
+def _opt_rdata(wire: bytes) -> tuple[int, int] | None:
+    """Where the OPT record's RDATA starts and ends, or None (no OPT, or malformed)."""
+    if len(wire) < 12 or not (wire[10] or wire[11]):
+        return None
+    counts = [wire[4 + 2 * i] << 8 | wire[5 + 2 * i] for i in range(4)]
+    try:
+        pos = 12
+        for _ in range(counts[0]):
+            pos = _skip_name(wire, pos) + 4
+        for _ in range(counts[1] + counts[2] + counts[3]):
+            pos = _skip_name(wire, pos)
+            if pos + 10 > len(wire):
+                return None
+            rdlen = wire[pos + 8] << 8 | wire[pos + 9]
+            if wire[pos] << 8 | wire[pos + 1] == _OPT:
+                end = pos + 10 + rdlen
+                return (pos + 10, end) if end <= len(wire) else None
+            pos += 10 + rdlen
+    except ValueError:
+        return None
+    return None
+
+
+def set_keepalive(wire: bytes, *, ask: bool) -> bytes:
+    """``wire`` without its edns-tcp-keepalive options (RFC 7828 §3.2: the option is
+    hop-by-hop, never passed on), with an empty one added when ``ask`` (a query asking
+    the upstream for its timeout). Unchanged without an OPT record."""
+    span = _opt_rdata(wire)
+    if span is None:
+        return wire
+    start, end = span
+    kept: list[bytes] = []
+    pos = start
+    while pos + 4 <= end:
+        length = wire[pos + 2] << 8 | wire[pos + 3]
+        if (wire[pos] << 8 | wire[pos + 1]) != _KEEPALIVE:
+            kept.append(wire[pos : pos + 4 + length])
+        pos += 4 + length
+    if ask:
+        kept.append(b"\x00\x0b\x00\x00")
+    rdata = b"".join(kept)
+    if len(rdata) == end - start and rdata == wire[start:end]:
+        return wire
+    return wire[: start - 2] + len(rdata).to_bytes(2, "big") + rdata + wire[end:]
+
+
 def question_end(wire: bytes) -> int:
     """The offset after a message's first question.
 

@@ -47,6 +47,7 @@ from dnstfo.answer.forward import (
     ForwardTransport,
     ResponseScan,
     scan_response,
+    set_keepalive,
 )
 from dnstfo.answer.forward import question_end as _question_end
 from dnstfo.errors import DnstfoError
@@ -60,6 +61,9 @@ log = logging.getLogger(__name__)
 SET_ASIDE_S = 10.0
 """Seconds an upstream that failed ``FAILURES_TO_SET_ASIDE`` times in a row is tried last."""
 FAILURES_TO_SET_ASIDE = 3
+MAX_ABANDONED = 256
+"""Queries given up on that one connection may hold (their IDs stay reserved for a late
+answer); past it the connection is closed."""
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the upstream latency histogram."""
 _RECV = 65536
@@ -238,6 +242,7 @@ class Forwarder:
         self._seq = 0
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
+        self._closing = False
 
     def stats(self) -> dict[str, UpstreamStats]:
         """Counters per upstream (by ``ADDR:PORT``)."""
@@ -271,6 +276,7 @@ class Forwarder:
 
     def close(self) -> None:
         """Closes every upstream connection; queries in flight get SERVFAIL."""
+        self._closing = True
         for upstream in self.upstreams.values():
             for conn in list(upstream.conns):
                 self._drop(conn, retry=False)
@@ -282,7 +288,7 @@ class Forwarder:
         loop = self._loop
         assert loop is not None
         now = loop.time()
-        if q.tried >= len(q.route) or now >= q.deadline:
+        if q.tried >= len(q.route) or now >= q.deadline or self._closing:
             self._finish(q, None, None)
             return
         upstream = q.route[q.tried]
@@ -327,10 +333,13 @@ class Forwarder:
 
     def _timed_out(self, q: _Query) -> None:
         q.timer = None
+        conn = q.conn
         upstream = self._forget(q)
         if upstream is not None:
             upstream.stats.timeouts += 1
             self._failed(upstream)
+        if conn is not None and len(conn.abandoned) > MAX_ABANDONED:
+            self._drop(conn, retry=False)  # IDs given up on pile up: start afresh
         self._attempt(q)
 
     def _forget(self, q: _Query) -> _Upstream | None:
@@ -385,6 +394,9 @@ class Forwarder:
             self._forget(q)
             self._attempt(q)
             return
+        if scan.keepalive is not None:  # hop-by-hop: ours is the client's business
+            wire = set_keepalive(wire, ask=False)
+            scan = scan_response(wire)
         if q.key is not None:
             self.cache.put(q.key, wire, scan, self.clock())
         qend = q.qend
@@ -418,7 +430,10 @@ class Forwarder:
         if conn.idle_timer is not None:
             conn.idle_timer.cancel()
             conn.idle_timer = None
-        conn.out += frame(qid.to_bytes(2, "big") + q.wire[2:])
+        wire = q.wire
+        if wire[11] or wire[10]:  # an OPT: ask for the upstream's keepalive timeout
+            wire = set_keepalive(wire, ask=True)
+        conn.out += frame(qid.to_bytes(2, "big") + wire[2:])
         if not conn.flushing:  # the queries of one read go out in one write
             conn.flushing = True
             assert self._loop is not None

@@ -153,3 +153,18 @@ def test_own_zone_answered_not_forwarded(forwarder: Callable[..., ServerThread])
     assert dns.flags.AA in got.flags
     stats = server.server.forwarding.forwarder.stats()
     assert sum(s.queries for s in stats.values()) == 0
+
+
+def test_keepalive_is_hop_by_hop(forwarder: Callable[..., ServerThread]) -> None:
+    """The client's edns-tcp-keepalive is not passed on, and the upstream's is not
+    passed back: the client sees exactly one, ours (RFC 7828 §3.2)."""
+    import dns.edns
+
+    server = forwarder(cache_size=0)
+    option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"")
+    query = dns.message.make_query("example.com.", "A", use_edns=0, options=[option])
+    response = dns.query.tcp(query, server.address[0], port=server.address[1], timeout=5)
+    assert response.rcode() == dns.rcode.NOERROR
+    assert response.answer
+    kinds = [o.otype for o in response.options]
+    assert kinds == [dns.edns.OptionType.KEEPALIVE]

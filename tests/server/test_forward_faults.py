@@ -398,7 +398,8 @@ def test_upstream_keepalive_timeout_honoured(forwarder: Callable[..., ServerThre
     with upstream(Mode.KEEPALIVE) as up:
         server = forwarder(up, cache_size=0, idle_timeout=30.0)
         query = dns.message.make_query("q1.fwd.example.", "A", use_edns=0)
-        dns.query.tcp(query, "127.0.0.1", port=server.address[1], timeout=5)
+        response = dns.query.tcp(query, "127.0.0.1", port=server.address[1], timeout=5)
+        assert response.options == ()  # the upstream's keepalive is not passed on
         fwd = server.server.forwarding.forwarder
         started = time.monotonic()
         while server.call(fwd.connections) and time.monotonic() - started < 5:

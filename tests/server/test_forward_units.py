@@ -17,6 +17,7 @@ from dnstfo.answer.forward import (
     ForwardZone,
     parse_forward_zone,
     scan_response,
+    set_keepalive,
 )
 from dnstfo.cli.serve import build_config
 from dnstfo.errors import UsageError
@@ -208,3 +209,20 @@ def test_parse_forward_zone() -> None:
     assert parse_forward_zone("example.org.=192.0.2.1") == ("example.org.", ("192.0.2.1",))
     with pytest.raises(ValueError, match="bad forward zone"):
         parse_forward_zone("=192.0.2.1")
+
+
+def test_set_keepalive_strips_and_asks() -> None:
+    keepalive = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x00\x05")
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+    query = dns.message.make_query("www.example.org.", "A", use_edns=0, options=[cookie, keepalive])
+    stripped = dns.message.from_wire(set_keepalive(query.to_wire(), ask=False))
+    assert [o.otype for o in stripped.options] == [dns.edns.OptionType.COOKIE]
+    asked = dns.message.from_wire(set_keepalive(query.to_wire(), ask=True))
+    assert [(o.otype, o.to_wire()) for o in asked.options] == [
+        (dns.edns.OptionType.COOKIE, b"12345678"),
+        (dns.edns.OptionType.KEEPALIVE, b""),
+    ]
+    plain = dns.message.make_query("www.example.org.", "A").to_wire()
+    assert set_keepalive(plain, ask=True) == plain
+    no_option = dns.message.make_query("www.example.org.", "A", use_edns=0).to_wire()
+    assert set_keepalive(no_option, ask=False) == no_option
