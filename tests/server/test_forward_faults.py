@@ -406,3 +406,19 @@ def test_upstream_keepalive_timeout_honoured(forwarder: Callable[..., ServerThre
             time.sleep(0.02)  # polling for the close, bounded
         assert server.call(fwd.connections) == 0
         assert 0.2 < time.monotonic() - started < 2.0  # 0.3 s, not the 30 s of our own
+
+
+def test_idle_timer_waits_for_forwarded_answer(
+    make_server: Callable[..., ServerThread],
+) -> None:
+    """A connection whose answer is owed by a slow upstream is not idle: it outlives the
+    idle timeout (0.3 s) and gets its SERVFAIL when the budget (1 s) ends."""
+    from dnstfo.server.config import Limits
+
+    with upstream(Mode.SILENT) as slow:
+        config = ForwardConfig(upstreams=(("127.0.0.1", slow.port),), timeout=1.0, budget=1.0)
+        server = make_server(forward=config, limits=Limits.from_seconds(idle_timeout=0.3))
+        started = time.monotonic()
+        response = ask(server, "q1.fwd.example.")
+        assert response.rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - started > 0.9
