@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -46,3 +47,26 @@ def test_reload_that_would_leave_no_zone_keeps_them(
     assert messages, "the failed reload is logged"
     if how != "all broken":  # a broken file keeps its zone: that reload succeeds
         assert not any("reloaded:" in r.getMessage() for r in caplog.records)
+
+
+def test_sighups_during_a_reload_make_one_more_reload(
+    make_server: Callable[..., ServerThread], zone_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGHUPs that arrive while a reload runs are not lost, nor run in parallel: one more
+    reload follows, and it reads the files as they were after the last SIGHUP."""
+    server = make_server()
+    zone = zone_dir / "test.example.zone"
+
+    async def burst() -> None:
+        server.server.request_reload()
+        await asyncio.sleep(0)  # the reload starts: its parser thread runs
+        assert server.server._reload_lock.locked()
+        zone.write_text(zone.read_text().replace("192.0.2.1", "192.0.2.9"))
+        for _ in range(5):
+            server.server.request_reload()
+        await asyncio.gather(*server.server._tasks)
+
+    with caplog.at_level(logging.INFO, "dnstfo.server"):
+        server.call(burst)
+    assert sum("reloaded:" in r.getMessage() for r in caplog.records) == 2
+    assert answer(server) == "192.0.2.9"
