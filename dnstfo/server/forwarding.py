@@ -10,6 +10,7 @@ cut to the client's UDP size (TC set when it does not fit, RFC 1035 §4.2.1).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
@@ -74,6 +75,8 @@ class Forwarding:
         self.forwarder = Forwarder(config, clock)
         self.refused = 0
         """Queries not forwarded: the client is outside ``--forward-allow``."""
+        self._waking: list[TcpSession] = []
+        """Sessions given answers since the loop last ran :meth:`_wake_all`."""
 
     def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
         """The TCP session's ``Deferrer``: True when the query went upstream."""
@@ -83,11 +86,27 @@ class Forwarding:
         qname, qtype = reply.qname, reply.qtype
 
         def done(wire: bytes, trace: ForwardTrace) -> None:
-            note = describe(trace)
-            session.deliver(slot, wire, self.clock(), qname=qname, qtype=qtype, note=note)
+            note = describe(trace) if session.query_log.enabled else None
+            now = self.clock()
+            session.deliver(slot, wire, now, qname=qname, qtype=qtype, note=note, wake=False)
+            if not self._waking:
+                self._waking = []
+                asyncio.get_running_loop().call_soon(self._wake_all)
+            self._waking.append(session)
 
         self.forwarder.forward(query, qname or ".", done)
         return True
+
+    def _wake_all(self) -> None:
+        """Wakes each session that got answers since the last call, once: the answers
+        of one upstream read go to each client in one write."""
+        sessions, self._waking = self._waking, []
+        seen: set[int] = set()
+        for session in sessions:
+            if id(session) not in seen:
+                seen.add(id(session))
+                if session.wake is not None:
+                    session.wake()
 
     def forward_udp(
         self, query: bytes, reply: Reply, client: str, send: Callable[[bytes, str], None]

@@ -275,6 +275,7 @@ class TcpSession:
         qname: str | None = None,
         qtype: int | None = None,
         note: str | None = None,
+        wake: bool = True,
     ) -> None:
         """Gives the answer owed for ``slot`` (a :class:`Deferrer` took its query).
 
@@ -286,6 +287,8 @@ class TcpSession:
             qname: the question name, for the query log.
             qtype: the question type, for the query log.
             note: how the answer was obtained, appended to the query log line.
+            wake: call ``wake`` now; False: the caller calls it once after a batch of
+                answers (one write for all of them).
 
         Nothing is written if the connection closed meanwhile (RFC 7766 §6.2.4). Calls
         ``wake`` so that the driver sends it.
@@ -307,7 +310,7 @@ class TcpSession:
                 self.stats.syn_data_queries += 1
             if self.query_log.enabled:
                 self._log(qname, qtype, rcode, from_syn, read_at, note)
-        if self.wake is not None:
+        if wake and self.wake is not None:
             self.wake()
 
     def close(self, reason: CloseReason, now: int) -> None:
