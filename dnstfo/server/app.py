@@ -114,23 +114,21 @@ async def _in_thread(fn: Callable[[], _T]) -> _T:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[_T] = loop.create_future()
 
-    def settle(result: _T | None, error: Exception | None) -> None:
-        if future.done():  # cancelled: the server is stopping
-            return
-        if error is not None:
+    def succeed(result: _T) -> None:
+        if not future.done():  # done: cancelled, the server is stopping
+            future.set_result(result)
+
+    def fail(error: Exception) -> None:
+        if not future.done():
             future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
 
     def work() -> None:
-        result: _T | None = None
-        error: Exception | None = None
         try:
-            result = fn()
+            settle = functools.partial(succeed, fn())
         except Exception as exc:
-            error = exc
+            settle = functools.partial(fail, exc)
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-            loop.call_soon_threadsafe(settle, result, error)
+            loop.call_soon_threadsafe(settle)
 
     previous = sys.getswitchinterval()
     collecting = gc.isenabled()
