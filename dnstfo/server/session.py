@@ -326,6 +326,11 @@ class TcpSession:
         self._count(reason)
         self._close_now()
 
+    def set_idle_timeout(self, ns: int) -> None:
+        """Uses ``ns`` as the idle timeout from now on (the driver shortens it under load,
+        RFC 7766 §6.2.3); the next :meth:`get_timer` reflects it."""
+        self.conn.idle_timeout_ns = ns
+
     def abort(self) -> None:
         """Forgets everything at once: the driver closed the socket on its own (a failure,
         or shutdown's grace ran out). Owed answers are counted as dropped."""

@@ -395,7 +395,7 @@ class TcpServer:
             self._producers.append(conn)
             if self._producing is None and self._loop is not None:
                 self._producing = self._loop.call_soon(self._produce)
-        session.conn.idle_timeout_ns = self._idle_ns
+        session.set_idle_timeout(self._idle_ns)
         self._arm(conn)
 
     def _produce(self) -> None:
@@ -453,7 +453,7 @@ class TcpServer:
         if 2 * idle <= self._swept_ns:
             self._swept_ns = idle
             for conn in list(self._conns.values()):
-                conn.session.conn.idle_timeout_ns = idle
+                conn.session.set_idle_timeout(idle)
                 self._arm(conn)
         elif idle > self._swept_ns:
             self._swept_ns = idle

@@ -259,6 +259,10 @@ class TlsSession:
         """Why the session is closing or closed."""
         return CloseReason.PROTOCOL_ERROR if self._failed else self.inner.close_reason
 
+    def set_idle_timeout(self, ns: int) -> None:
+        """The inner session's idle timeout (see :meth:`TcpSession.set_idle_timeout`)."""
+        self.inner.set_idle_timeout(ns)
+
     @property
     def buffered(self) -> int:
         """Bytes held in user space: ciphertext and the inner session's."""
