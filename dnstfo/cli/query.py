@@ -316,7 +316,7 @@ def _failed(
 
 def _status(exc: DnstfoError, config: QueryConfig) -> tuple[Exit, str]:
     """The exit status for a library error and its one line (dig-like)."""
-    from dnstfo.client.tls import TlsError
+    from dnstfo.client.tls import HANDSHAKE, TlsError
     from dnstfo.errors import (
         NetworkError,
         PermissionNeeded,
@@ -331,6 +331,8 @@ def _status(exc: DnstfoError, config: QueryConfig) -> tuple[Exit, str]:
         tries = (
             f" ({config.tries} tries)" if isinstance(exc, PhaseTimeout) and config.tries > 1 else ""
         )
+        if isinstance(exc, PhaseTimeout) and exc.phase == HANDSHAKE:
+            tries += " (a plain DNS-over-TCP server on this port? it would wait so)"
         return Exit.NO_REPLY, f";; no answer: {exc}{tries}"
     if isinstance(exc, TlsError):
         return Exit.BAD_REPLY, f";; {exc}"

@@ -169,7 +169,10 @@ class TlsClient:
                 "+tls-insecure skips the check)"
             ) from exc
         except ssl.SSLEOFError as exc:
-            raise TlsError("TLS: the server closed the connection during the handshake") from exc
+            raise TlsError(
+                "TLS: the server closed the connection during the handshake "
+                "(not a TLS server, or it refused us)"
+            ) from exc
         except ssl.SSLError as exc:
             raise TlsError(f"TLS handshake failed: {_reason(exc)}") from exc
         self.established = True

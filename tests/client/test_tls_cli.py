@@ -79,6 +79,21 @@ def test_a_missing_ca_file_is_a_usage_error(
     assert "cannot load the CA file" in capsys.readouterr().err
 
 
+def test_a_plain_tcp_server_on_the_port_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    with socket.socket() as plain:
+        plain.bind(("127.0.0.1", 0))
+        plain.listen()
+        port = str(plain.getsockname()[1])
+        assert run(["example.com", "@127.0.0.1", "-p", port, "+tls", "+timeout=0.3"]) == 9
+    err = capsys.readouterr().err
+    assert err == (
+        ";; no answer: timed out after 0.3 s waiting for TLS handshake (a plain DNS-over-TCP "
+        "server on this port? it would wait so)\n"
+    )
+
+
 def test_tls_port_defaults_to_853() -> None:
     from dnstfo.cli import digargs
     from dnstfo.cli.query import _config
