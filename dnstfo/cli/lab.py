@@ -395,7 +395,11 @@ def _render_demo(result: DemoResult) -> None:
     click.echo(compare_text(result.comparison))
     click.echo("")
     click.echo("what the kernel did (TCP_INFO, tcp_metrics):")
-    lines = [f"{s.step.value:<10} {_kernel_did(s.result.tfo)}" for s in result.comparison.steps]
+    first = "ClientHello" if result.tls else "query"  # what rides in the SYN
+    lines = [
+        f"{s.step.value:<10} {_kernel_did(s.result.tfo).replace('query', first)}"
+        for s in result.comparison.steps
+    ]
     for line, same in groupby(lines):
         n = len(list(same))
         click.echo(f"  {line}" + (f" (x{n})" if n > 1 else ""))

@@ -43,3 +43,23 @@ def test_demo_over_tls_shows_3_then_2() -> None:
     assert all(s.result.tls is not None for s in result.comparison.steps)
     tfo = [q.tfo for q in result.served if q.transport == "tls"]
     assert tfo == [False, False, True, True]
+
+
+@pytest.mark.lab
+@pytest.mark.netadmin
+@pytest.mark.linux
+def test_lab_demo_tls_command() -> None:
+    from click.testing import CliRunner
+
+    from dnstfo.cli import main
+    from tests.lab.conftest import lab_missing
+
+    if lab_missing():
+        pytest.skip(str(lab_missing()))
+    result = CliRunner().invoke(main, ["lab", "demo", "--tls", "--count", "2", "--rtt", "50ms"])
+    assert result.exit_code == 0, result.output
+    assert "+tls +tls-ca=" in result.output
+    assert "ClientHello in the SYN with the cached cookie, acked in the SYN-ACK (x2)" in (
+        result.output
+    )
+    assert "TFO turned 3 round trips into 2 over TLS" in result.output
