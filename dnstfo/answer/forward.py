@@ -77,6 +77,9 @@ class ForwardConfig:
     """TCP connections kept open to one upstream at most."""
     pipeline: int = 64
     """Queries in flight on one upstream connection at most (a new one opens past it)."""
+    max_in_flight: int = 10_000
+    """Forwarded queries waiting for an upstream at once, over all clients; past it a
+    query gets SERVFAIL at once (a UDP flood cannot queue without bound)."""
     idle_timeout: float = 10.0
     """Seconds an idle upstream connection is kept when the upstream gave no keepalive."""
     _by_suffix: dict[str, tuple[Address, ...]] = field(

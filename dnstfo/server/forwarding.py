@@ -190,6 +190,14 @@ class ForwardCollector:
             "dnstfo_forward_cache_misses", "Forward cache misses", cache.misses
         )
         yield GaugeMetricFamily("dnstfo_forward_cache_size", "Forward cache entries", len(cache))
+        yield GaugeMetricFamily(
+            "dnstfo_forward_in_flight", "Forwarded queries waiting for an upstream", fwd.in_flight
+        )
+        yield CounterMetricFamily(
+            "dnstfo_forward_overloaded",
+            "Forwarded queries answered SERVFAIL at once: too many were waiting",
+            fwd.overloaded,
+        )
         yield CounterMetricFamily(
             "dnstfo_forward_refused",
             "Queries not forwarded: client outside --forward-allow",

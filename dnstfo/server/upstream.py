@@ -243,6 +243,10 @@ class Forwarder:
         self._wake: asyncio.TimerHandle | None = None
         self._wake_at: float | None = None
         self._closing = False
+        self.in_flight = 0
+        """Queries waiting for an upstream now."""
+        self.overloaded = 0
+        """Queries answered SERVFAIL at once: ``max_in_flight`` were waiting."""
 
     def stats(self) -> dict[str, UpstreamStats]:
         """Counters per upstream (by ``ADDR:PORT``)."""
@@ -267,11 +271,16 @@ class Forwarder:
             if hit is not None:
                 loop.call_soon(done, hit, ForwardTrace(None, cached=True))
                 return
+        if self.in_flight >= self.config.max_in_flight:
+            self.overloaded += 1
+            loop.call_soon(done, servfail(query), ForwardTrace(None))
+            return
         now = loop.time()
         route = [self.upstreams[a] for a in self.config.route(qname)]
         route.sort(key=lambda u: u.aside_until > now)  # set aside: tried last
         q = _Query(query, qend, route, now + self.config.budget)
         q.done, q.key = done, key
+        self.in_flight += 1
         self._attempt(q)
 
     def close(self) -> None:
@@ -360,6 +369,7 @@ class Forwarder:
         if q.finished:
             return
         q.finished = True
+        self.in_flight -= 1
         self._forget(q)
         done, q.done = q.done, None
         assert done is not None

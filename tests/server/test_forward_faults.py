@@ -422,3 +422,18 @@ def test_idle_timer_waits_for_forwarded_answer(
         response = ask(server, "q1.fwd.example.")
         assert response.rcode() == dns.rcode.SERVFAIL
         assert time.monotonic() - started > 0.9
+
+
+def test_in_flight_bound_servfails_at_once(forwarder: Callable[..., ServerThread]) -> None:
+    with upstream(Mode.SILENT) as slow:
+        server = forwarder(slow, max_in_flight=1, timeout=2.0, budget=2.0, cache_size=0)
+        held = socket.create_connection(server.address, timeout=5)
+        held.sendall(frame(dns.message.make_query("q1.fwd.example.", "A").to_wire()))
+        deadline = time.monotonic() + 5
+        while slow.queries < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling for the first query to reach the upstream, bounded
+        started = time.monotonic()
+        assert ask(server, "q2.fwd.example.").rcode() == dns.rcode.SERVFAIL
+        assert time.monotonic() - started < 1.0  # at once, not after the 2 s budget
+        assert server.server.forwarding.forwarder.overloaded == 1
+        held.close()
