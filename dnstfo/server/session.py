@@ -204,11 +204,30 @@ class TcpSession:
                 self.stats.protocol_errors += 1
             else:
                 self._count(reason)
-        if messages:
-            from_syn = self._from_syn
-            self._from_syn = False
-            self._backlog.extend([(m, now, from_syn) for m in messages])
+        if not messages:
+            return
+        from_syn = self._from_syn
+        self._from_syn = False
+        backlog = self._backlog
+        if backlog:  # (the driver reads only once the backlog is empty)
+            backlog.extend([(m, now, from_syn) for m in messages])
             self._produce(now)
+            return
+        # The usual case, without the backlog: answer the read's queries within the bounds.
+        room = min(PRODUCE_BUDGET, OUTPUT_HIGH - (len(self._out) - self._off))
+        answer = self._answer
+        chunks: list[bytes] = []
+        made = 0
+        for index, message in enumerate(messages):
+            if made >= room:
+                backlog.extend([(m, now, from_syn) for m in messages[index:]])
+                break
+            wire = answer(message, now, from_syn)
+            if wire:
+                chunks.append(wire)
+                made += len(wire)
+        if chunks:
+            self._append(chunks[0] if len(chunks) == 1 else b"".join(chunks), now)
 
     def receive_eof(self, now: int) -> None:
         """Notes the client's end of stream: the session closes at once (counted as a

@@ -319,7 +319,8 @@ class TcpServer:
             )
             session = inner if tls is None else tls.wrap(inner, now)
             conn = _Connection(sock, address, key, session)
-            session.wake = functools.partial(self._step, conn, self._service)
+            if self.defer is not None:  # answers can come later: deliver() wakes the driver
+                session.wake = functools.partial(self._step, conn, self._service)
             self._conns[fd] = conn
             self._lru[fd] = conn
             per_client[key] = per_client.get(key, 0) + 1
