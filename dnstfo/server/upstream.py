@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 SET_ASIDE_S = 10.0
 """Seconds an upstream that failed ``FAILURES_TO_SET_ASIDE`` times in a row is tried last."""
 FAILURES_TO_SET_ASIDE = 3
+FLUSH_BYTES = 512
+"""Queries waiting for one write to an upstream are sent once they fill this many bytes,
+so the upstream works on the first of a long pipeline while the rest are read."""
 MAX_ABANDONED = 256
 """Queries given up on that one connection may hold (their IDs stay reserved for a late
 answer); past it the connection is closed."""
@@ -444,7 +447,9 @@ class Forwarder:
         if wire[11] or wire[10]:  # an OPT: ask for the upstream's keepalive timeout
             wire = set_keepalive(wire, ask=True)
         conn.out += frame(qid.to_bytes(2, "big") + wire[2:])
-        if not conn.flushing:  # the queries of one read go out in one write
+        if len(conn.out) >= FLUSH_BYTES and conn.connected:
+            self._flush(conn)  # the upstream starts on these while we read the rest
+        elif not conn.flushing:  # the queries of one read go out in one write
             conn.flushing = True
             assert self._loop is not None
             self._loop.call_soon(self._flush_soon, conn)
