@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.message
 import dns.rdatatype
+import pytest
 
 from dnstfo.server.config import Limits
 from dnstfo.server.session import MAX_BUFFERED
@@ -89,14 +90,23 @@ def test_a_stalled_reader_is_closed_at_the_write_stall_timeout(make_server) -> N
     assert limit_hits(server, Limit.WRITE_STALL) == 1
 
 
-def test_a_lifetime_close_of_a_non_reader_ends_in_a_close(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server(limits=Limits.from_seconds(idle_timeout=30, lifetime=0.3, write_stall=0.5))
+@pytest.mark.parametrize(
+    ("limits", "limit"),
+    [
+        ({"lifetime": 0.3}, Limit.LIFETIME),
+        ({"max_queries": 10}, Limit.QUERIES),
+    ],
+)
+def test_a_limit_close_of_a_non_reader_ends_in_a_close(  # type: ignore[no-untyped-def]
+    make_server, limits: dict[str, float], limit: Limit
+) -> None:
+    server = make_server(limits=Limits.from_seconds(idle_timeout=30, write_stall=0.5, **limits))
     small_send_buffer(server)
     with stalled_client(server.address) as sock:
         sock.sendall(b"".join(query("big.test.example.", i, "TXT") for i in range(300)))
         wait_for(lambda: connections(server) == 0, 5)
         wait_for(lambda: not established(sock), 2)
-    assert limit_hits(server, Limit.LIFETIME) == 1
+    assert limit_hits(server, limit) == 1
     assert limit_hits(server, Limit.WRITE_STALL) == 1
 
 
