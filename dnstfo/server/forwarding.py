@@ -77,6 +77,14 @@ class Forwarding:
         """Queries not forwarded: the client is outside ``--forward-allow``."""
         self._waking: list[TcpSession] = []
         """Sessions given answers since the loop last ran :meth:`_wake_all`."""
+        log.info(
+            "forwarding names outside our zones to %s%s over %s, cache %d, for %s",
+            ", ".join(u.label for u in self.forwarder.upstreams.values()),
+            f" ({len(config.zones)} zone routes)" if config.zones else "",
+            "TCP (Fast Open, kept open)" if config.transport.value == "tcp" else "UDP",
+            config.cache_size,
+            ", ".join(map(str, config.allow)),
+        )
 
     def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
         """The TCP session's ``Deferrer``: True when the query went upstream."""

@@ -168,3 +168,14 @@ def test_keepalive_is_hop_by_hop(forwarder: Callable[..., ServerThread]) -> None
     assert response.answer
     kinds = [o.otype for o in response.options]
     assert kinds == [dns.edns.OptionType.KEEPALIVE]
+
+
+def test_start_log_names_upstreams_and_acl(
+    forwarder: Callable[..., ServerThread], knot: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="dnstfo.server.forwarding")
+    forwarder(cache_size=5)
+    assert (
+        f"forwarding names outside our zones to 127.0.0.1:{knot} over TCP (Fast Open, "
+        "kept open), cache 5, for 127.0.0.0/8, ::1/128" in caplog.text
+    )
