@@ -95,6 +95,13 @@ class Comparison:
         rtts = [s.result.tfo.timings.rtt_ms for s in self.steps]
         return any(r is not None and r < 1 for r in rtts)
 
+    def in_order(self) -> list[CompareStep | FailedStep]:
+        """Answered and failed queries, in the order they were sent."""
+        failed = {f.index: f for f in self.failed}
+        answered = iter(self.steps)
+        total = len(self.steps) + len(self.failed)
+        return [failed[i] if i in failed else next(answered) for i in range(total)]
+
 
 def compare(config: QueryConfig, *, tfo_queries: int = 3, clock: Clock | None = None) -> Comparison:
     """Runs the comparison for one server.
