@@ -280,6 +280,7 @@ def _run_one(
     import time
 
     from dnstfo.cli import render
+    from dnstfo.client import records
     from dnstfo.client.query import exchange
     from dnstfo.errors import DnstfoError
 
@@ -289,7 +290,7 @@ def _run_one(
     except DnstfoError as exc:
         return _failed(exc, config, server_name, as_json, wall)
     if as_json:
-        render.emit_json(render.result_json(result, server_name))
+        render.emit_json(records.result_json(result, server_name))
     elif as_short:
         text = render.short_text(result)
         if text:
@@ -304,13 +305,14 @@ def _failed(
 ) -> int:
     """Says why a query failed (one line on stderr; one object with +json); its status."""
     from dnstfo.cli import render
+    from dnstfo.client import records
     from dnstfo.client.result import QueryFailure
 
     code, line = _status(exc, config)
     render.err(line)
     if as_json:
         failure = QueryFailure.from_error(exc)
-        render.emit_json(render.failure_json(config, server_name, failure, wall))
+        render.emit_json(records.failure_json(config, server_name, failure, wall))
     return code
 
 
@@ -348,6 +350,7 @@ def _run_compare(config: QueryConfig, server_name: str, count: int, as_json: boo
     import time
 
     from dnstfo.cli import render
+    from dnstfo.client import records
     from dnstfo.client.compare import compare
     from dnstfo.errors import DnstfoError
 
@@ -357,7 +360,7 @@ def _run_compare(config: QueryConfig, server_name: str, count: int, as_json: boo
     except DnstfoError as exc:  # the baseline: nothing to compare
         return _failed(exc, config, server_name, as_json, wall)
     if as_json:
-        render.emit_json(render.compare_json(comparison, server_name))
+        render.emit_json(records.compare_json(comparison, server_name))
     else:
         render.out(render.compare_text(comparison))
     if comparison.failed:

@@ -1,12 +1,11 @@
 """Rendering of results as text (dig's layout plus a ``;; TFO`` block) or JSON.
 
-The only module that writes to stdout. The JSON field names are a stable interface,
-documented in the README: add fields, never rename them.
+The only module that writes to stdout. The query's JSON shapes are the library's
+(:mod:`dnstfo.client.records`); this module prints them.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -15,15 +14,11 @@ if TYPE_CHECKING:
     import dns.message
     import dns.rrset
 
-    from dnstfo.client.compare import CompareStep, Comparison, FailedStep
-    from dnstfo.client.config import QueryConfig
+    from dnstfo.client.compare import Comparison
     from dnstfo.client.host import FixPlan, HostState
-    from dnstfo.client.result import QueryFailure, QueryResult, TfoReport, Transfer
+    from dnstfo.client.result import QueryResult, TfoReport
     from dnstfo.client.tls import TlsInfo
     from dnstfo.kernel.tcp_metrics import TcpMetricsEntry
-
-JSON_VERSION = 1
-"""Version of the JSON shape; raised only for incompatible changes."""
 
 SHORT_PATH_NOTE = "the path RTT is under 1 ms: rounds measure host overhead here"
 """Said wherever rounds are shown for a sub-millisecond path (loopback)."""
@@ -134,20 +129,6 @@ def tls_lines(tls: TlsInfo) -> list[str]:
     ]
 
 
-def tls_json(tls: TlsInfo | None) -> dict[str, Any] | None:
-    """The TLS object of ``+json`` (None: plain TCP)."""
-    if tls is None:
-        return None
-    return {
-        "version": tls.version,
-        "cipher": tls.cipher,
-        "alpn": tls.alpn,
-        "resumed": tls.resumed,
-        "verified": tls.verified,
-        "hostname": tls.hostname,
-    }
-
-
 def _footer(result: QueryResult, server_name: str) -> list[str]:
     """Query time (every try, the whole transfer), server and date.
 
@@ -231,205 +212,14 @@ def short_text(result: QueryResult) -> str:
 # ---------------------------------------------------------------- JSON
 
 
-def _rr_json(rrset: dns.rrset.RRset) -> list[dict[str, Any]]:
-    import dns.rdataclass
-    import dns.rdatatype
-
-    typ = dns.rdatatype.to_text(rrset.rdtype)
-    base = {
-        "NAME": rrset.name.to_text(),
-        "TYPE": int(rrset.rdtype),
-        "TYPEname": typ,
-        "CLASS": int(rrset.rdclass),
-        "CLASSname": dns.rdataclass.to_text(rrset.rdclass),
-        "TTL": rrset.ttl,
-    }
-    return [
-        {**base, f"rdata{typ}": rd.to_text(), "RDATAHEX": rd.to_wire().hex().upper()}
-        for rd in rrset
-    ]
-
-
-def message_json(message: dns.message.Message) -> dict[str, Any]:
-    """A message as RFC 8427 members (header bits, counts, sections)."""
-    import dns.flags
-    import dns.rcode
-    import dns.rdataclass
-    import dns.rdatatype
-
-    f = message.flags
-    return {
-        "ID": message.id,
-        "QR": int(bool(f & dns.flags.QR)),
-        "Opcode": int(message.opcode()),
-        "AA": int(bool(f & dns.flags.AA)),
-        "TC": int(bool(f & dns.flags.TC)),
-        "RD": int(bool(f & dns.flags.RD)),
-        "RA": int(bool(f & dns.flags.RA)),
-        "AD": int(bool(f & dns.flags.AD)),
-        "CD": int(bool(f & dns.flags.CD)),
-        "RCODE": int(message.rcode()),
-        "RCODEname": dns.rcode.to_text(message.rcode()),
-        "QDCOUNT": len(message.question),
-        "ANCOUNT": sum(len(s) for s in message.answer),
-        "NSCOUNT": sum(len(s) for s in message.authority),
-        "ARCOUNT": sum(len(s) for s in message.additional) + (1 if message.edns >= 0 else 0),
-        "questionRRs": [
-            {
-                "NAME": q.name.to_text(),
-                "TYPE": int(q.rdtype),
-                "TYPEname": dns.rdatatype.to_text(q.rdtype),
-                "CLASS": int(q.rdclass),
-                "CLASSname": dns.rdataclass.to_text(q.rdclass),
-            }
-            for q in message.question
-        ],
-        "answerRRs": [rr for s in message.answer for rr in _rr_json(s)],
-        "authorityRRs": [rr for s in message.authority for rr in _rr_json(s)],
-        "additionalRRs": [rr for s in message.additional for rr in _rr_json(s)],
-        "EDNS": None if message.edns < 0 else {
-            "version": message.edns, "udpSize": message.payload,
-            "DO": bool(message.ednsflags & dns.flags.DO),
-        },
-    }  # fmt: skip
-
-
-def tfo_json(tfo: TfoReport) -> dict[str, Any]:
-    """The TFO report as JSON members (names documented in the README)."""
-    b, a, t, v = tfo.before, tfo.after, tfo.timings, tfo.verdict
-    return {
-        "requested": tfo.requested,
-        "method": tfo.method,
-        "no_cookie": tfo.no_cookie,
-        "before": {
-            "cookie_hex": b.cookie_hex,
-            "cookie_len": None if b.cookie is None else len(b.cookie),
-            "sysctl_tcp_fastopen": b.sysctl,
-            "client_enabled": b.client_enabled,
-            "blackhole_timeout_s": b.blackhole_timeout_s,
-            "blackhole_count": b.blackhole_count,
-        },
-        "after": {
-            "syn_data_sent": a.attempted,
-            "syn_data_acked": a.syn_data_acked,
-            "client_fail": a.client_fail.name.lower(),
-            "syn_retransmits": a.syn_retransmits,
-            "cookie_hex": a.cookie_hex,
-            "cookie_len": None if a.cookie is None else len(a.cookie),
-            "cookie_change": a.cookie_change.value,
-            "fallback": a.fallback.value,
-            "fallback_reason": a.fallback_reason,
-            "blackhole_delta": a.blackhole_delta,
-        },
-        "timings": {
-            "handshake_ms": t.handshake_ms,
-            "first_byte_ms": t.first_byte_ms,
-            "total_ms": t.total_ms,
-            "tcpi_rtt_ms": t.tcpi_rtt_ms,
-            "tcpi_min_rtt_ms": t.tcpi_min_rtt_ms,
-            "rtt_ms": t.rtt_ms,
-            "rounds": t.rounds,
-        },
-        "verdict": {
-            "outcome": v.outcome.value,
-            "expected_rounds": v.expected_rounds,
-            "tfo_worked": v.tfo_worked,
-            "text": v.text,
-        },
-    }
-
-
-def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
-    """One query as one JSON object: the exchange, the response and the TFO report."""
-    c = result.config
-    return {
-        "version": JSON_VERSION,
-        "dateSeconds": result.wall_time,
-        "dateString": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(result.wall_time)),
-        "query": {
-            "qname": c.qname,
-            "qtype": c.rdtype,
-            "qclass": c.rdclass,
-            "dnssec": c.dnssec,
-            "recurse": c.recurse,
-            "msgsize": result.query_size,
-        },
-        "server": {
-            "name": server_name,
-            "address": result.server[0],
-            "port": result.server[1],
-            "transport": "tcp" if result.tls is None else "tls",
-        },
-        "source": {"address": result.source[0], "port": result.source[1]},
-        "tries": result.tries,
-        "elapsed_ms": result.elapsed_ms,
-        "response": {**message_json(result.response), "msgsize": result.response_size},
-        "transfer": None if result.transfer is None else transfer_json(result.transfer),
-        "tfo": tfo_json(result.tfo),
-        "tls": tls_json(result.tls),
-    }
-
-
-def transfer_json(transfer: Transfer) -> dict[str, Any]:
-    """A zone transfer's size and every record (``response`` holds its first message)."""
-    return {
-        "messages": len(transfer.messages),
-        "records": transfer.records,
-        "bytes": transfer.size,
-        "answerRRs": [rr for m in transfer.messages for s in m.answer for rr in _rr_json(s)],
-    }
-
-
-def failure_json(
-    config: QueryConfig, server_name: str, failure: QueryFailure, wall_time: float
-) -> dict[str, Any]:
-    """A query that got no answer, as one object: what was asked, where, and ``error``."""
-    return {
-        "version": JSON_VERSION,
-        "dateSeconds": wall_time,
-        "dateString": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_time)),
-        "query": {
-            "qname": config.qname,
-            "qtype": config.rdtype,
-            "qclass": config.rdclass,
-            "dnssec": config.dnssec,
-            "recurse": config.recurse,
-        },
-        "server": {
-            "name": server_name,
-            "address": config.server,
-            "port": config.port,
-            "transport": "tcp",
-        },
-        "tries": config.tries,
-        "error": error_json(failure),
-    }
-
-
-def error_json(failure: QueryFailure) -> dict[str, Any]:
-    """The ``error`` member: ``phase``, ``errno``, ``errname``, ``message``."""
-    return {
-        "phase": failure.phase,
-        "errno": failure.errno,
-        "errname": failure.errname,
-        "message": failure.message,
-    }
-
-
 def emit_json(value: Any) -> None:
-    """Writes one JSON object on one line."""
-    out(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    """Writes one JSON value on one line (the shapes: :mod:`dnstfo.client.records`)."""
+    from dnstfo.client.records import to_line
+
+    out(to_line(value))
 
 
 # ---------------------------------------------------------------- compare
-
-
-def _in_order(comparison: Comparison) -> list[CompareStep | FailedStep]:
-    """Answered and failed queries, in the order they were sent."""
-    failed = {f.index: f for f in comparison.failed}
-    answered = iter(comparison.steps)
-    total = len(comparison.steps) + len(comparison.failed)
-    return [failed[i] if i in failed else next(answered) for i in range(total)]
 
 
 def compare_text(comparison: Comparison) -> str:
@@ -442,7 +232,7 @@ def compare_text(comparison: Comparison) -> str:
 
     c = comparison
     lines = [f"{'step':<10} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} cookie", "-" * 60]
-    for s in _in_order(c):
+    for s in c.in_order():
         if isinstance(s, FailedStep):
             lines.append(f"{s.step.value:<10} {'-':>6} {'-':>9}  no answer: {s.failure.message}")
             continue
@@ -474,34 +264,6 @@ def compare_text(comparison: Comparison) -> str:
         lines.append(f"saving: {c.saving_ms:.1f} ms per query{rounds}: {times}")
     lines.append(("TFO works: " if c.worked else "") + c.reason)
     return "\n".join(lines)
-
-
-def compare_json(comparison: Comparison, server_name: str) -> dict[str, Any]:
-    """The comparison as one JSON object (a failed query's step holds ``error``)."""
-    from dnstfo.client.compare import FailedStep
-
-    steps: list[dict[str, Any]] = []
-    for s in _in_order(comparison):
-        if isinstance(s, FailedStep):
-            steps.append({"step": s.step.name.lower(), "error": error_json(s.failure)})
-        else:
-            steps.append({"step": s.step.name.lower(), **result_json(s.result, server_name)})
-    return {
-        "version": JSON_VERSION,
-        "steps": steps,
-        "failures": len(comparison.failed),
-        "cookie_deleted": comparison.cookie_deleted,
-        "cookie_note": comparison.cookie_note,
-        "baseline_ms": comparison.baseline_ms,
-        "tfo_ms": comparison.tfo_ms,
-        "saving_ms": comparison.saving_ms,
-        "baseline_rounds": comparison.baseline_rounds,
-        "tfo_rounds": comparison.tfo_rounds,
-        "short_path": comparison.short_path,
-        "tfo_worked": comparison.worked,
-        "failure": None if comparison.failure is None else comparison.failure.value,
-        "reason": comparison.reason,
-    }
 
 
 # ---------------------------------------------------------------- cookies

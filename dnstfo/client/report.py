@@ -61,11 +61,6 @@ class TfoBefore:
     blackhole_count: int
     """TCPFastOpenBlackhole: times the kernel disabled active TFO after a suspected blackhole."""
 
-    @property
-    def cookie_hex(self) -> str | None:
-        """The cookie as hex, or None."""
-        return None if self.cookie is None else self.cookie.hex()
-
 
 @dataclass(frozen=True, slots=True)
 class TfoAfter:
@@ -90,11 +85,6 @@ class TfoAfter:
     """The error text behind ``fallback``, with the fix, or None."""
     blackhole_delta: int
     """TCPFastOpenBlackhole increase during the exchange."""
-
-    @property
-    def cookie_hex(self) -> str | None:
-        """The cookie as hex, or None."""
-        return None if self.cookie is None else self.cookie.hex()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,41 +1,168 @@
-"""The query's JSON shapes (``client/records.py``): real loopback queries, written by the
-library exactly as ``cli/render.py`` wrote them (byte for byte, keys in the same order)."""
+"""The query's JSON shapes (``client/records.py``), pinned byte for byte.
+
+``records_golden.ndjson`` holds the lines ``cli/render.py`` wrote for the fixed objects
+below before the shapes moved to the library (the commit that moved them proved the two
+writers equal on real loopback queries). Real queries through ``dnstfo query +json`` must
+give the same members in the same order.
+"""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import dns.message
 import pytest
 
-from dnstfo.cli import render
+from dnstfo.cli.query import run
 from dnstfo.client import records
-from dnstfo.client.compare import compare
+from dnstfo.client.compare import CompareStep, Comparison, FailedStep, Step
 from dnstfo.client.config import QueryConfig, TfoMethod
-from dnstfo.client.query import exchange
-from dnstfo.client.report import CookieChange, Fallback
-from dnstfo.client.result import QueryFailure, QueryResult
+from dnstfo.client.report import CookieChange, Fallback, TfoAfter, TfoBefore, Timings
+from dnstfo.client.result import QueryFailure, QueryResult, TfoReport, Transfer
 from dnstfo.client.tls import TlsInfo
+from dnstfo.client.verdict import Outcome, Verdict
 from dnstfo.errors import DnstfoError
 from dnstfo.kernel.tcpinfo import FastOpenClientFail as Fail
+from dnstfo.kernel.tcpinfo import parse_tcp_info
 from dnstfo.server.config import Endpoint, ServerConfig
+from dnstfo.timing import PhaseTimes
 from tests.client import tinyserver
-from tests.client.scriptserver import answer_a, serving
 from tests.server.conftest import ServerThread
 
+GOLDEN = Path(__file__).with_name("records_golden.ndjson")
 ZONE = "$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n" + "".join(
     f"h{i} A 198.51.100.{i % 250 + 1}\n" for i in range(1500)
 )
 COOKIE = bytes.fromhex("0011223344556677")
-OTHER = bytes.fromhex("8899aabbccddeeff0011")
-TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", "dot", False, True, "dns.example")
+
+
+# ------------------------------------------------------------------ fixed objects, golden lines
+
+
+def _message(text: str) -> dns.message.Message:
+    return dns.message.from_text(text)
+
+
+QUERY = _message("id 4660\nopcode QUERY\nflags RD\nedns 0\npayload 1232\n"
+                 ";QUESTION\nexample.com. IN A\n")  # fmt: skip
+RESPONSE = _message(
+    "id 4660\nopcode QUERY\nrcode NOERROR\nflags QR AA RD\nedns 0\neflags DO\npayload 1232\n"
+    ";QUESTION\nexample.com. IN A\n;ANSWER\nexample.com. 300 IN A 192.0.2.1\n"
+    "example.com. 300 IN A 192.0.2.2\n;AUTHORITY\nexample.com. 60 IN NS ns.exämple.\n"
+    ";ADDITIONAL\nns.exämple. 60 IN AAAA 2001:db8::53\n"
+)
+XFR = (
+    _message("id 7\nopcode QUERY\nrcode NOERROR\nflags QR AA\n;QUESTION\nx.example. IN AXFR\n"
+             ";ANSWER\nx.example. 60 IN SOA ns.x.example. h.x.example. 1 2 3 4 5\n"
+             "x.example. 60 IN NS ns.x.example.\n"),
+    _message("id 7\nopcode QUERY\nrcode NOERROR\nflags QR AA\n;ANSWER\n"
+             "x.example. 60 IN SOA ns.x.example. h.x.example. 1 2 3 4 5\n"),
+)  # fmt: skip
+CONFIG = QueryConfig("example.com", "192.0.2.53", port=5353, dnssec=True)
+TFO = TfoReport(
+    requested=True,
+    method="sendto",
+    no_cookie=False,
+    before=TfoBefore(COOKIE, True, 3, 3600, 2),
+    after=TfoAfter(
+        attempted=True,
+        syn_data_acked=True,
+        client_fail=Fail.UNSPEC,
+        syn_retransmits=0,
+        cookie=COOKIE,
+        cookie_change=CookieChange.SAME,
+        fallback=Fallback.NONE,
+        fallback_reason=None,
+        blackhole_delta=0,
+    ),
+    timings=Timings.measure(50.25, 50.5, 50.75, 50_100, 50_000),
+    verdict=Verdict(Outcome.IN_SYN, 1, True, "answer in 1 round trip: the query rode in the SYN"),
+)
+RESULT = QueryResult(
+    config=CONFIG,
+    query=QUERY,
+    response=RESPONSE,
+    query_size=40,
+    response_size=160,
+    server=("192.0.2.53", 5353),
+    source=("192.0.2.10", 40000),
+    times=PhaseTimes(started=0),
+    tcp_info=parse_tcp_info(bytes(256)),
+    tfo=TFO,
+    wall_time=1_700_000_000.125,
+    tries=1,
+    elapsed_ms=51.5,
+)
+NOT_TFO = replace(
+    TFO,
+    requested=False,
+    method="off",
+    before=replace(TFO.before, cookie=None),
+    after=replace(TFO.after, attempted=False, syn_data_acked=False, cookie=None,
+                  cookie_change=CookieChange.NONE, client_fail=Fail.COOKIE_UNAVAILABLE),
+    verdict=Verdict(Outcome.NOT_REQUESTED, 2, False, "answer in 2 round trips: plain TCP"),
+)  # fmt: skip
+TRANSFER = replace(
+    RESULT,
+    config=replace(CONFIG, qname="x.example", rdtype="AXFR", dnssec=False, tfo=TfoMethod.OFF),
+    response=XFR[0],
+    transfer=Transfer(XFR, 123),
+    tfo=NOT_TFO,
+    tls=TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", "dot", True, False, None),
+)
+FAILURE = QueryFailure("connect", 111, "connecting to 192.0.2.53 port 5353: connection refused")
+COMPARISON = Comparison(
+    steps=(CompareStep(Step.BASELINE, replace(RESULT, tfo=NOT_TFO)), CompareStep(Step.TFO, RESULT)),
+    failed=(FailedStep(Step.PRIMING, 1, FAILURE, DnstfoError("refused")),),
+    cookie_deleted=False,
+    cookie_note="cookie kept (needs root): priming may already use it",
+    baseline_ms=100.5,
+    tfo_ms=50.75,
+    saving_ms=None,
+    baseline_rounds=2.0,
+    tfo_rounds=1.0,
+    worked=False,
+    failure=None,
+    reason="TFO not proven: 1 of 3 queries got no answer (refused)",
+)
+
+
+def _golden() -> dict[str, str]:
+    result, transfer, failed, compared = GOLDEN.read_text(encoding="utf-8").splitlines()
+    return {"result": result, "transfer": transfer, "failed": failed, "compare": compared}
+
+
+def test_the_shapes_are_written_byte_for_byte_as_before() -> None:
+    golden = _golden()
+    assert records.to_line(records.result_json(RESULT, "ns.exämple")) == golden["result"]
+    assert records.to_line(records.result_json(TRANSFER, "192.0.2.53")) == golden["transfer"]
+    failed = records.failure_json(CONFIG, "ns.exämple", FAILURE, 1_700_000_000.125)
+    assert records.to_line(failed) == golden["failed"]
+    assert records.to_line(records.compare_json(COMPARISON, "ns.exämple")) == golden["compare"]
+
+
+def test_the_cli_prints_the_library_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from dnstfo.cli import render
+
+    render.emit_json(records.compare_json(COMPARISON, "ns.exämple"))
+    assert capsys.readouterr().out == _golden()["compare"] + "\n"
+
+
+def _members(value: Any, path: str = "") -> list[str]:
+    """Every object member's path, in order (records in lists left out: their data vary)."""
+    if not isinstance(value, dict):
+        return []
+    return [m for k, v in value.items() for m in (f"{path}.{k}", *_members(v, f"{path}.{k}"))]
 
 
 @pytest.fixture(scope="module")
-def tfo_server() -> Iterator[tuple[str, int]]:
+def server() -> Iterator[tuple[str, int]]:
     with tinyserver.running(tinyserver.make_listener(tfo=True)) as address:
         yield address
 
@@ -56,71 +183,28 @@ def xfr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         server.stop()
 
 
-def _results(tfo: tuple[str, int], xfr: tuple[str, int]) -> list[QueryResult]:
-    host, port = tfo
-    base = QueryConfig("example.com", host, port=port)
-    results = [exchange(base), exchange(base)]  # priming, then in the SYN
-    results.append(exchange(replace(base, tfo=TfoMethod.OFF, dnssec=True, recurse=False)))
-    results.append(exchange(replace(base, tfo=TfoMethod.CONNECT, edns_payload=0, rdtype="MX")))
-    axfr = QueryConfig("x.example", xfr[0], port=xfr[1], rdtype="AXFR", tfo=TfoMethod.OFF)
-    results.append(exchange(axfr))
-    results.append(replace(results[0], tls=TLS))
-    results.append(replace(results[1], tls=replace(TLS, alpn=None, verified=False, hostname=None)))
-    # The host's own sysctl may hand out no cookies: the cookie fields from the types.
-    tfo = results[1].tfo
-    cookies = replace(
-        tfo,
-        before=replace(tfo.before, cookie=COOKIE),
-        after=replace(tfo.after, cookie=OTHER, cookie_change=CookieChange.CHANGED,
-                      client_fail=Fail.DATA_NOT_ACKED, fallback=Fallback.CLIENT_OFF,
-                      fallback_reason="the client bit is off", attempted=True),
-    )  # fmt: skip
-    results.append(replace(results[1], tfo=cookies))
-    return results
+def _query(capsys: pytest.CaptureFixture[str], *words: str) -> dict[str, Any]:
+    run([*words, "+json"])
+    return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
 
 
-def test_one_query_and_a_transfer_are_written_as_before(tfo_server, xfr_server):
-    results = _results(tfo_server, xfr_server)
-    xfr = results[4].transfer
-    assert xfr is not None
-    assert len(xfr.messages) > 1
-    for result in results:
-        for name in ("example.com", "localhost", "dns.exämple"):
-            old = render.result_json(result, name)
-            assert records.to_line(records.result_json(result, name)) == records.to_line(old)
-            assert records.tfo_json(result.tfo) == render.tfo_json(result.tfo)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
+def test_real_queries_have_the_pinned_members_in_order(
+    server: tuple[str, int], xfr_server: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    golden = {k: json.loads(v) for k, v in _golden().items()}
+    at = [f"@{server[0]}", "-p", str(server[1])]
+    one = _query(capsys, "example.com", *at, "+dnssec")
+    assert _members(one) == _members(golden["result"])
+    xfr = _query(capsys, "x.example", "AXFR", f"@{xfr_server[0]}", "-p", str(xfr_server[1]))
+    assert xfr["transfer"]["records"] == 1504
+    plain = {"response": None, "tls": None}  # EDNS and TLS differ from the pinned transfer
+    assert _members({**xfr, **plain}) == _members({**golden["transfer"], **plain})
+    compared = _query(capsys, "example.com", *at, "+compare", "+repeat=2")
+    assert _members(compared) == _members(golden["compare"])
+    step = golden["compare"]["steps"][0]
+    assert [_members(s) for s in compared["steps"]] == [_members(step)] * 4
+    with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_a_failed_query_is_written_as_before():
-    config = QueryConfig("x.example", "127.0.0.1", port=_closed_port(), tries=2, dnssec=True)
-    with pytest.raises(DnstfoError) as caught:
-        exchange(config)
-    failure = QueryFailure.from_error(caught.value)
-    assert failure.errname == "ECONNREFUSED"
-    for f in (failure, QueryFailure("first byte", None, "timed out after 0.3 s")):
-        old = render.failure_json(config, "127.0.0.1", f, 1_700_000_000.25)
-        new = records.failure_json(config, "127.0.0.1", f, 1_700_000_000.25)
-        assert records.to_line(new) == records.to_line(old)
-
-
-def test_compare_is_written_as_before(tfo_server):
-    def fail_priming(n, conn, q):
-        if n == 1:
-            conn.shutdown(socket.SHUT_WR)
-        else:
-            answer_a(conn, q)
-
-    comparisons = [compare(QueryConfig("example.com", tfo_server[0], port=tfo_server[1]))]
-    with serving(fail_priming) as port:
-        comparisons.append(compare(QueryConfig("x.example", "127.0.0.1", port=port), tfo_queries=2))
-    assert comparisons[-1].failed
-    for c in comparisons:
-        old = render.compare_json(c, "server.example")
-        assert records.to_line(records.compare_json(c, "server.example")) == records.to_line(old)
-        assert c.in_order() == render._in_order(c)
+        closed = str(s.getsockname()[1])
+    failed = _query(capsys, "example.com", "@127.0.0.1", "-p", closed, "+dnssec")
+    assert _members(failed) == _members(golden["failed"])
