@@ -8,7 +8,6 @@ give the same members in the same order.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import socket
 from collections.abc import Iterator
@@ -30,15 +29,11 @@ from dnstfo.client.verdict import Outcome, Verdict
 from dnstfo.errors import DnstfoError
 from dnstfo.kernel.tcpinfo import FastOpenClientFail as Fail
 from dnstfo.kernel.tcpinfo import parse_tcp_info
-from dnstfo.server.config import Endpoint, ServerConfig
 from dnstfo.timing import PhaseTimes
-from tests.client import tinyserver
-from tests.server.conftest import ServerThread
+from tests.client import test_transfer, tinyserver
 
+xfr_server = test_transfer.xfr_server  # the project's server with a big zone, AXFR allowed
 GOLDEN = Path(__file__).with_name("records_golden.ndjson")
-ZONE = "$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n" + "".join(
-    f"h{i} A 198.51.100.{i % 250 + 1}\n" for i in range(1500)
-)
 COOKIE = bytes.fromhex("0011223344556677")
 
 
@@ -167,22 +162,6 @@ def server() -> Iterator[tuple[str, int]]:
         yield address
 
 
-@pytest.fixture(scope="module")
-def xfr_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
-    zones: Path = tmp_path_factory.mktemp("zones")
-    (zones / "x.example.zone").write_text(ZONE)
-    config = ServerConfig(
-        zone_dir=zones,
-        listen=(Endpoint("127.0.0.1", 0),),
-        axfr_allow=(ipaddress.ip_network("127.0.0.0/8"),),
-    )
-    server = ServerThread(config)
-    try:
-        yield server.address
-    finally:
-        server.stop()
-
-
 def _query(capsys: pytest.CaptureFixture[str], *words: str) -> dict[str, Any]:
     run([*words, "+json"])
     return json.loads(capsys.readouterr().out)  # type: ignore[no-any-return]
@@ -195,8 +174,8 @@ def test_real_queries_have_the_pinned_members_in_order(
     at = [f"@{server[0]}", "-p", str(server[1])]
     one = _query(capsys, "example.com", *at, "+dnssec")
     assert _members(one) == _members(golden["result"])
-    xfr = _query(capsys, "x.example", "AXFR", f"@{xfr_server[0]}", "-p", str(xfr_server[1]))
-    assert xfr["transfer"]["records"] == 1504
+    xfr = _query(capsys, "big.example", "AXFR", f"@{xfr_server[0]}", "-p", str(xfr_server[1]))
+    assert xfr["transfer"]["records"] == test_transfer.BIG_HOSTS + 4  # both SOAs, NS and its A
     plain = {"response": None, "tls": None}  # EDNS and TLS differ from the pinned transfer
     assert _members({**xfr, **plain}) == _members({**golden["transfer"], **plain})
     compared = _query(capsys, "example.com", *at, "+compare", "+repeat=2")
