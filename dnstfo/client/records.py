@@ -40,12 +40,7 @@ def result_json(result: QueryResult, server_name: str) -> dict[str, Any]:
     return {
         **_header(result.wall_time),
         "query": {**_query(result.config), "msgsize": result.query_size},
-        "server": {
-            "name": server_name,
-            "address": result.server[0],
-            "port": result.server[1],
-            "transport": "tcp" if result.tls is None else "tls",
-        },
+        "server": _server(server_name, *result.server, tls=result.tls is not None),
         "source": {"address": result.source[0], "port": result.source[1]},
         "tries": result.tries,
         "elapsed_ms": result.elapsed_ms,
@@ -63,12 +58,7 @@ def failure_json(
     return {
         **_header(wall_time),
         "query": _query(config),
-        "server": {
-            "name": server_name,
-            "address": config.server,
-            "port": config.port,
-            "transport": "tcp",
-        },
+        "server": _server(server_name, config.server, config.port, tls=config.tls is not None),
         "tries": config.tries,
         "error": error_json(failure),
     }
@@ -241,6 +231,11 @@ def _query(config: QueryConfig) -> dict[str, Any]:
         "dnssec": config.dnssec,
         "recurse": config.recurse,
     }
+
+
+def _server(name: str, address: str, port: int, *, tls: bool) -> dict[str, Any]:
+    """Where the query went: ``name`` as given, the ``address`` used, the ``transport``."""
+    return {"name": name, "address": address, "port": port, "transport": "tls" if tls else "tcp"}
 
 
 def _cookie(cookie: bytes | None) -> dict[str, Any]:

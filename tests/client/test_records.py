@@ -187,3 +187,12 @@ def test_real_queries_have_the_pinned_members_in_order(
         closed = str(s.getsockname()[1])
     failed = _query(capsys, "example.com", "@127.0.0.1", "-p", closed, "+dnssec")
     assert _members(failed) == _members(golden["failed"])
+
+
+def test_a_failed_tls_query_says_tls(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        closed = str(s.getsockname()[1])
+    failed = _query(capsys, "example.com", "@127.0.0.1", "-p", closed, "+tls")
+    assert failed["error"]["errname"] == "ECONNREFUSED"
+    assert failed["server"]["transport"] == "tls"
