@@ -142,21 +142,13 @@ def render_summary(summary: Any) -> list[str]:
 
 def render_single(record: dict[str, Any]) -> list[str]:
     """A short report for one target, like ``query +compare``."""
+    from dnstfo.client.report import CookieChange
+
     head = f"{'step':<9} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} {'cookie':<7} answer"
     lines = [f"{record['dip']} port {record['dp']}", head, "-" * len(head)]
     for c in record["connections"]:
-        before, after = c["cookie_before"], c["cookie_after"]
-        cookie = (
-            "-"
-            if not c["tfo_requested"]
-            else "none"
-            if after is None
-            else "new"
-            if before is None
-            else "same"
-            if before == after
-            else "changed"
-        )
+        change = CookieChange.between(c["cookie_before"], c["cookie_after"])  # hex or null
+        cookie = change.value if c["tfo_requested"] else "-"
         ms = "-" if c["total_ms"] is None else f"{c['total_ms']:.1f}"
         answer = c["rcode"] or f"{c['failure']}: {c['error']}"
         sent = "yes" if c["syn_data_sent"] else "no"
