@@ -286,10 +286,8 @@ def test_failing_upstream_set_aside(forwarder: Callable[..., ServerThread]) -> N
         for i in range(3):
             ask(server, f"q{i}.fwd.example.")
         before = broken.queries
-        started = time.monotonic()
         ask(server, "q9.fwd.example.")
         assert broken.queries == before  # set aside: the good upstream went first
-        assert time.monotonic() - started < 0.2
 
 
 def test_pipelined_answers_out_of_order_reach_right_clients(
