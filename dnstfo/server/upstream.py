@@ -284,7 +284,11 @@ class Forwarder:
         q = _Query(query, qend, route, now + self.config.budget)
         q.done, q.key = done, key
         self.in_flight += 1
-        self._attempt(q)
+        try:
+            self._attempt(q)
+        except Exception:  # a bug must cost this query, never the client's connection
+            log.exception("forwarding failed")
+            loop.call_soon(self._finish, q, None, None)
 
     def close(self) -> None:
         """Closes every upstream connection; queries in flight get SERVFAIL."""
@@ -666,7 +670,13 @@ class Forwarder:
     def _send_udp(self, q: _Query, upstream: _Upstream) -> None:
         host, port = upstream.address
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as exc:  # out of descriptors
+            log.debug("upstream %s: no UDP socket: %s", upstream.label, exc)
+            self._forget(q)
+            self._attempt(q)
+            return
         q.qid = random.getrandbits(16)
         try:
             sock.setblocking(False)
