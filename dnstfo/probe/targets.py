@@ -24,6 +24,9 @@ import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+import dns.exception
+import dns.name
+
 from dnstfo.errors import UsageError
 
 
@@ -64,6 +67,25 @@ def check_address(text: str) -> str:
     if ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255"):
         raise UsageError(f"{ip} is the broadcast address: refused")
     return str(ip)
+
+
+def check_domain(text: str) -> str:
+    """Returns ``text`` if it is a DNS name the query can ask for (checked when read).
+
+    Raises:
+        UsageError: an empty label, a label over 63 octets, a name over 255 octets.
+    """
+    try:
+        dns.name.from_text(text)
+    except dns.name.EmptyLabel as exc:
+        raise UsageError(f"bad domain {text!r} (empty label)") from exc
+    except dns.name.LabelTooLong as exc:
+        raise UsageError(f"bad domain {text!r} (a label over 63 octets)") from exc
+    except dns.name.NameTooLong as exc:
+        raise UsageError(f"bad domain {text!r} (over 255 octets)") from exc
+    except dns.exception.DNSException as exc:
+        raise UsageError(f"bad domain {text!r}") from exc
+    return text
 
 
 def _port(text: str) -> int:
@@ -148,7 +170,7 @@ def _job(line: str, default_port: int, origin: str) -> list[Target]:
         raise UsageError("'domain' must be a string")
     extra = {k: v for k, v in job.items() if k not in ("dip", "dp", "domain")}
     address = check_address(job["dip"])
-    return [Target(address, port, domain or None, extra, origin)]
+    return [Target(address, port, check_domain(domain) if domain else None, extra, origin)]
 
 
 def _csv(line: str, default_port: int, origin: str) -> list[Target]:
@@ -157,7 +179,7 @@ def _csv(line: str, default_port: int, origin: str) -> list[Target]:
         raise UsageError("CSV lines are dip,dp,domain[,rank]")
     address = check_address(cells[0])
     port = _port(cells[1]) if cells[1] else default_port
-    domain = cells[2] if len(cells) > 2 and cells[2] else None
+    domain = check_domain(cells[2]) if len(cells) > 2 and cells[2] else None
     extra: dict[str, object] = {}
     if len(cells) == 4 and cells[3]:
         try:
@@ -243,7 +265,6 @@ def ns_targets(
     Raises:
         UsageError: the NS set or an address cannot be found.
     """
-    import dns.exception
     import dns.resolver
 
     res = dns.resolver.Resolver(configure=resolver is None)

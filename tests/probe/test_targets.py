@@ -122,3 +122,19 @@ def test_ns_set_from_a_resolver(tmp_path: Path) -> None:
             "192.0.2.53", 53, "test.example.", {"ns": "ns1.test.example."}, "NS ns1.test.example."
         )
     ]
+
+
+def test_a_bad_domain_skips_its_line_only() -> None:
+    lines = [
+        "127.0.0.1,5353,example.com",
+        "127.0.0.1,5353,bad..name",
+        json.dumps({"dip": "127.0.0.1", "dp": 5353, "domain": "x" * 64 + ".test"}),
+        "127.0.0.1,5353,example.net",
+    ]
+    bad: list[str] = []
+    got = [t.domain for t in read_lines(lines, "j3.txt", on_bad=bad.append)]
+    assert got == ["example.com", "example.net"]
+    assert bad == [
+        "j3.txt:2: bad domain 'bad..name' (empty label)",
+        f"j3.txt:3: bad domain '{'x' * 64}.test' (a label over 63 octets)",
+    ]
