@@ -80,6 +80,8 @@ TIMER_GRAIN_NS = 10_000_000
 """The deadline timer fires at most this often; deadlines are kept to within it."""
 ACCEPT_RETRY_S = 0.5
 """Pause before accepting again when the process is out of descriptors or memory."""
+PER_CLIENT_LOG_NS = 10_000_000_000
+"""At most one warning per this long about connections refused for the per-client limit."""
 MIN_IDLE_NS = 1_000_000_000
 """The idle timeout when every slot is taken (RFC 7766 §6.2.3 allows zero; a second
 still lets a client that just got its answer send the next query)."""
@@ -161,6 +163,10 @@ class TcpServer:
         self.defer = defer
         self.per_client: dict[object, int] = {}
         """Open connections by client (see :func:`client_key`)."""
+        self._per_client_logged_ns: int | None = None
+        """When a per-client refusal was last logged (one warning per 10 s at most)."""
+        self._per_client_unlogged = 0
+        """Per-client refusals since that warning."""
         self._epoll = select.epoll()
         self._listeners: dict[int, socket.socket] = {}
         self._tls: dict[int, TlsServerContext] = {}
@@ -264,6 +270,21 @@ class TcpServer:
             log.exception("TCP connection from %s#%s failed; closing it", *conn.client)
             self._close(conn)
 
+    def _log_per_client(self, client: str) -> None:
+        """Warns of a per-client refusal, at most once per 10 s, with the count since."""
+        self._per_client_unlogged += 1
+        now, last = self.clock(), self._per_client_logged_ns
+        if last is not None and now - last < PER_CLIENT_LOG_NS:
+            return
+        log.warning(
+            "refused a TCP connection from %s: it has %d open (--max-per-client); "
+            "%d refused for this limit since the last such warning",
+            client,
+            self.limits.max_per_client,
+            self._per_client_unlogged,
+        )
+        self._per_client_logged_ns, self._per_client_unlogged = now, 0
+
     def _accept(self, listener: socket.socket) -> None:
         stats, limits, per_client = self.stats, self.limits, self.per_client
         family = listener.family  # once per wake-up, not per connection
@@ -294,6 +315,8 @@ class TcpServer:
             if limit is not None:
                 stats.limits[limit] += 1
                 _debug(address, "refused: %s limit", limit.value)
+                if limit is Limit.PER_CLIENT:
+                    self._log_per_client(client)
                 sock.close()
                 continue
             now = self.clock()

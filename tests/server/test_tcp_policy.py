@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 
@@ -140,6 +141,22 @@ def test_per_client_and_total_limits(make_server) -> None:  # type: ignore[no-un
         for sock in keep:
             sock.close()
     assert server.server.stats.limits[Limit.PER_CLIENT] >= 1
+
+
+def test_per_client_refusals_are_logged_once_per_interval(make_server, caplog) -> None:  # type: ignore[no-untyped-def]
+    server = make_server(limits=Limits.from_seconds(max_per_client=1))
+    caplog.set_level(logging.WARNING, logger="dnstfo.server.tcp")
+    with tcp_connect(server.address) as keep:
+        keep.sendall(frame(query_wire("www.test.example.", 1)))
+        assert read_messages(keep, 1)
+        for _ in range(3):
+            with tcp_connect(server.address) as extra:
+                extra.sendall(frame(query_wire("www.test.example.", 1)))
+                assert read_messages(extra, 1) == []
+    assert server.server.stats.limits[Limit.PER_CLIENT] == 3
+    warned = [r.getMessage() for r in caplog.records if "--max-per-client" in r.getMessage()]
+    assert len(warned) == 1  # the next two fall within the 10 s
+    assert "from 127.0.0.1: it has 1 open" in warned[0]
 
 
 def test_keepalive_advertised(make_server) -> None:  # type: ignore[no-untyped-def]
