@@ -30,7 +30,13 @@ _LOOPBACK: tuple[IPNetwork, ...] = (
 )
 _OPT = 41
 _SOA = 6
+_COOKIE = 10
 _KEEPALIVE = 11
+_PADDING = 12
+HOP_BY_HOP = frozenset((_COOKIE, _KEEPALIVE, _PADDING))
+"""EDNS options that belong to one client-server pair and are never passed on: COOKIE
+(RFC 7873 §5: the cookies of the client and of its server), edns-tcp-keepalive (RFC 7828
+§3.2) and PADDING (RFC 7830: sized for the hop it pads)."""
 _NXDOMAIN = 3
 _ALLOWED_MEMO = 65536
 """Client addresses whose ACL decision is remembered (then the memo starts over)."""
@@ -234,8 +240,12 @@ def _keepalive(wire: bytes, pos: int, end: int) -> int | None:
     return None
 
 
-def _opt_rdata(wire: bytes) -> tuple[int, int] | None:
-    """Where the OPT record's RDATA starts and ends, or None (no OPT, or malformed)."""
+def opt_rdata(wire: bytes) -> tuple[int, int] | None:
+    """Where the OPT record's RDATA starts and ends, or None (no OPT, or malformed).
+
+    The OPT's CLASS (the UDP payload size) sits at ``start - 8``, its TTL (extended RCODE,
+    version, DO and Z) at ``start - 6``.
+    """
     if len(wire) < 12 or not (wire[10] or wire[11]):
         return None
     counts = [wire[4 + 2 * i] << 8 | wire[5 + 2 * i] for i in range(4)]
@@ -257,11 +267,10 @@ def _opt_rdata(wire: bytes) -> tuple[int, int] | None:
     return None
 
 
-def set_keepalive(wire: bytes, *, ask: bool) -> bytes:
-    """``wire`` without its edns-tcp-keepalive options (RFC 7828 §3.2: the option is
-    hop-by-hop, never passed on), with an empty one added when ``ask`` (a query asking
-    the upstream for its timeout). Unchanged without an OPT record."""
-    span = _opt_rdata(wire)
+def strip_options(wire: bytes, codes: frozenset[int] = HOP_BY_HOP, add: bytes = b"") -> bytes:
+    """``wire`` without the EDNS options of ``codes``, with the encoded options ``add``
+    appended. Unchanged without an OPT record."""
+    span = opt_rdata(wire)
     if span is None:
         return wire
     start, end = span
@@ -269,15 +278,32 @@ def set_keepalive(wire: bytes, *, ask: bool) -> bytes:
     pos = start
     while pos + 4 <= end:
         length = wire[pos + 2] << 8 | wire[pos + 3]
-        if (wire[pos] << 8 | wire[pos + 1]) != _KEEPALIVE:
+        if (wire[pos] << 8 | wire[pos + 1]) not in codes:
             kept.append(wire[pos : pos + 4 + length])
         pos += 4 + length
-    if ask:
-        kept.append(b"\x00\x0b\x00\x00")
+    kept.append(add)
     rdata = b"".join(kept)
     if len(rdata) == end - start and rdata == wire[start:end]:
         return wire
     return wire[: start - 2] + len(rdata).to_bytes(2, "big") + rdata + wire[end:]
+
+
+def set_keepalive(wire: bytes, *, ask: bool) -> bytes:
+    """``wire`` without its edns-tcp-keepalive options (RFC 7828 §3.2: the option is
+    hop-by-hop, never passed on), with an empty one added when ``ask`` (a query asking
+    the upstream for its timeout). Unchanged without an OPT record."""
+    return strip_options(wire, frozenset((_KEEPALIVE,)), b"\x00\x0b\x00\x00" if ask else b"")
+
+
+def add_opt(response: bytes, query: bytes, payload: int) -> bytes:
+    """``response`` (made by us, no additional records) with an OPT record when ``query``
+    has one (RFC 6891 §7): our UDP ``payload``, version 0, the query's DO bit (RFC 3225)."""
+    span = opt_rdata(query)
+    if span is None or len(response) < 12 or response[10] or response[11]:
+        return response
+    do = query[span[0] - 4] & 0x80
+    opt = b"\x00\x00\x29" + payload.to_bytes(2, "big") + bytes((0, 0, do, 0)) + b"\x00\x00"
+    return response[:10] + b"\x00\x01" + response[12:] + opt
 
 
 def question_end(wire: bytes) -> int:

@@ -1,9 +1,13 @@
 """The forwarder's cache: upstream answers by query bytes, kept for their TTL.
 
-Theory of operation. The key is the query after its ID with the question name in lower
-case: flags (RD, CD), the question and the whole additional section, so EDNS, its
-payload size and the DO bit are part of it, and only a query asked the same way gets the
-same answer. An entry holds the response without its ID, when it was stored, when it
+Theory of operation. The key is what the answer depends on: the query's flags (RD, AD,
+CD), its question with the name in lower case, and its additional section without the
+EDNS options of one client-server pair (COOKIE, PADDING, edns-tcp-keepalive; the
+forwarder never passes them upstream, see ``HOP_BY_HOP``) and without the UDP payload
+size (the forwarder cuts every answer to the client's size itself). So EDNS presence,
+version, the DO bit and any other option (such as a client subnet) are part of it, and
+clients that differ only in their cookies share one entry.
+An entry holds the response without its ID, when it was stored, when it
 expires (the lifetime from :func:`~dnstfo.answer.forward.scan_response`: the minimum TTL,
 RFC 2308 for negative answers) and where its TTLs sit. A hit costs no parse: the ID and
 the client's question (its case, RFC 4343 / 0x20) are copied in and each TTL is lowered
@@ -17,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dnstfo.answer.forward import ResponseScan, question_end
+from dnstfo.answer.forward import ResponseScan, opt_rdata, question_end, strip_options
 
 NS_PER_S = 1_000_000_000
 
@@ -44,6 +48,10 @@ def cache_key(query: bytes) -> bytes | None:
         end = question_end(query)
     except ValueError:
         return None
+    query = strip_options(query)
+    span = opt_rdata(query)
+    if span is not None:  # the payload size (the OPT's CLASS) is left out
+        query = query[: span[0] - 8] + query[span[0] - 6 :]
     return query[2:12] + query[12:end].lower() + query[end:]
 
 

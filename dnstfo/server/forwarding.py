@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
-from dnstfo.answer.forward import ForwardConfig
+from dnstfo.answer.forward import ForwardConfig, add_opt
 from dnstfo.answer.responder import Reply, truncated_reply
 from dnstfo.server.upstream import LATENCY_BUCKETS_MS, Forwarder, ForwardTrace
 
@@ -128,7 +128,7 @@ class Forwarding:
 
         def done(wire: bytes, trace: ForwardTrace) -> None:
             if len(wire) > limit:
-                wire = truncated_reply(query) or wire[:12]
+                wire = add_opt(truncated_reply(query) or wire[:12], query, self.udp_payload)
             send(wire, describe(trace))
 
         self.forwarder.forward(query, reply.qname or ".", done)

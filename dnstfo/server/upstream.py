@@ -46,8 +46,10 @@ from dnstfo.answer.forward import (
     ForwardConfig,
     ForwardTransport,
     ResponseScan,
+    add_opt,
     scan_response,
     set_keepalive,
+    strip_options,
 )
 from dnstfo.answer.forward import question_end as _question_end
 from dnstfo.errors import DnstfoError
@@ -121,15 +123,17 @@ Done = Callable[[bytes, ForwardTrace], None]
 """Takes the response (the client's ID) and how it was obtained."""
 
 
-def servfail(query: bytes) -> bytes:
-    """A SERVFAIL response echoing the query's ID, RD and question."""
+def servfail(query: bytes, payload: int = 1232) -> bytes:
+    """A SERVFAIL response echoing the query's ID, RD and question, with an OPT record
+    (our UDP ``payload``) when the query had one."""
     try:
         end = _question_end(query)
         question, qdcount = query[12:end], 1
     except ValueError:
         question, qdcount = b"", 0
     flags = 0x8080 | (query[2] & 0x79) << 8 | (query[3] & 0x10) | _SERVFAIL
-    return query[:2] + flags.to_bytes(2, "big") + qdcount.to_bytes(2, "big") + bytes(6) + question
+    head = query[:2] + flags.to_bytes(2, "big") + qdcount.to_bytes(2, "big") + bytes(6)
+    return add_opt(head + question, query, payload)
 
 
 class _Query:
@@ -263,6 +267,10 @@ class Forwarder:
         """Sends ``query`` (any ID) upstream; ``done`` is called once, later, with the
         response carrying the query's ID."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
+        # The client's cookie and padding are for its hop to us: the upstream gets none
+        # (we send no cookies of our own, RFC 7873 §5.1 allows that), so its answer holds
+        # none either and serves every client that asks the same question.
+        query = strip_options(query)
         try:
             qend = _question_end(query)
         except ValueError:
@@ -411,8 +419,9 @@ class Forwarder:
             self._forget(q)
             self._attempt(q)
             return
-        if scan.keepalive is not None:  # hop-by-hop: ours is the client's business
-            wire = set_keepalive(wire, ask=False)
+        stripped = strip_options(wire)  # hop-by-hop: ours are the client's business
+        if stripped is not wire:
+            wire = stripped
             scan = scan_response(wire)
         if q.key is not None:
             self.cache.put(q.key, wire, scan, self.clock())

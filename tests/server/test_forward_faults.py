@@ -58,6 +58,8 @@ class Upstream:
     queries: int = 0
     tcp_connections: int = 0
     udp_queries: int = 0
+    options: list[list[int]] = dataclasses.field(default_factory=list)
+    """The EDNS option codes of each query received over TCP."""
 
 
 def _answer(query: dns.message.Message, up: Upstream) -> bytes:
@@ -95,6 +97,7 @@ def _serve_tcp(conn: socket.socket, up: Upstream, stop: threading.Event) -> None
             for wire in decoder.feed(data):
                 query = dns.message.from_wire(wire)
                 up.queries += 1
+                up.options.append([int(o.otype) for o in query.options])
                 seen += 1
                 mode = up.mode
                 if mode is Mode.CLOSE_ON_SECOND and seen == 2:
@@ -338,6 +341,28 @@ def test_cache_hit_counts_ttl_down_and_expires(forwarder: Callable[..., ServerTh
         cache = server.server.forwarding.forwarder.cache
         assert cache.hits >= 1
         assert cache.misses == 2
+
+
+def test_cache_shared_by_clients_with_different_cookies(
+    forwarder: Callable[..., ServerThread],
+) -> None:
+    """A client's COOKIE and PADDING (RFC 7873, RFC 7830) are for its hop to us: they are
+    not in the cache key, not sent upstream, and no client gets another's cookie back."""
+    with upstream(Mode.OK) as up:
+        server = forwarder(up)
+        host, port = server.address[:2]
+        for i in range(3):
+            cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, bytes([i]) * 8)
+            padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(i))
+            query = dns.message.make_query(
+                "q7.fwd.example.", "A", use_edns=0, payload=1232 + i, options=[cookie, padding]
+            )
+            response = dns.query.tcp(query, host, port=port, timeout=5)
+            assert address(response) == "192.0.2.8"
+            assert [o.otype for o in response.options] == []
+        assert up.queries == 1
+        assert up.options == [[dns.edns.OptionType.KEEPALIVE]]  # ours only: no cookie, padding
+        assert len(server.server.forwarding.forwarder.cache) == 1
 
 
 def test_negative_answer_cached_for_soa_minimum(forwarder: Callable[..., ServerThread]) -> None:

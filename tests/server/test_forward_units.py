@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import Path
 
 import dns.edns
+import dns.flags
 import dns.message
 import dns.rcode
 import dns.rrset
@@ -114,6 +115,21 @@ def test_cache_key_case_and_edns() -> None:
     assert cache_key(b"\x00" * 13) is None
 
 
+def test_cache_key_leaves_out_cookie_padding_and_payload() -> None:
+    def key(*options: dns.edns.Option, payload: int = 1232) -> bytes | None:
+        query = dns.message.make_query(
+            "www.example.org.", "A", use_edns=0, payload=payload, options=list(options)
+        )
+        return cache_key(query.to_wire())
+
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+    other = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"87654321" + b"s" * 16)
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(20))
+    subnet = dns.edns.ECSOption("192.0.2.0", 24)
+    assert key(cookie) == key(other, padding, payload=4096) == key()
+    assert key(subnet) != key()  # an option that may change the answer stays in
+
+
 def test_cache_counts_ttl_down_restores_id_and_case_and_expires() -> None:
     query = dns.message.make_query("www.example.org.", "A", use_edns=0)
     response = _response(ttls=(300, 60))
@@ -155,6 +171,12 @@ def test_servfail_and_udp_limit() -> None:
     assert response.rcode() == dns.rcode.SERVFAIL
     assert response.question == query.question
     assert udp_limit(query.to_wire(), 1232) == 1232
+    assert (response.edns, response.payload) == (0, 1232)
+    assert not response.ednsflags & dns.flags.DO
+    signed = dns.message.make_query("www.example.org.", "A", want_dnssec=True)
+    assert dns.message.from_wire(servfail(signed.to_wire())).ednsflags & dns.flags.DO
+    plain = dns.message.make_query("www.example.org.", "A")
+    assert dns.message.from_wire(servfail(plain.to_wire())).edns == -1
     small = dns.message.make_query("www.example.org.", "A", use_edns=0, payload=800)
     assert udp_limit(small.to_wire(), 1232) == 800
     assert udp_limit(dns.message.make_query("x.", "A").to_wire(), 1232) == 512
