@@ -35,6 +35,19 @@ class TlsError(RemoteProtocolError):
     """The TLS layer failed: the certificate was refused, or the peer does not speak TLS."""
 
 
+class TlsCertificateRefused(TlsError):
+    """The server answered the handshake, but its certificate failed our check."""
+
+    def __init__(self, verify_message: str) -> None:
+        super().__init__(
+            f"TLS: the server's certificate was refused: {verify_message} "
+            "(+tls-ca=FILE names the CA, +tls-hostname=NAME the name, "
+            "+tls-insecure skips the check)"
+        )
+        self.verify_message = verify_message
+        """OpenSSL's reason (``unable to get local issuer certificate``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TlsInfo:
     """What the TLS handshake settled."""
@@ -163,11 +176,7 @@ class TlsClient:
         except ssl.SSLWantReadError:
             return
         except ssl.SSLCertVerificationError as exc:
-            raise TlsError(
-                f"TLS: the server's certificate was refused: {exc.verify_message} "
-                "(+tls-ca=FILE names the CA, +tls-hostname=NAME the name, "
-                "+tls-insecure skips the check)"
-            ) from exc
+            raise TlsCertificateRefused(exc.verify_message) from exc
         except ssl.SSLEOFError as exc:
             raise TlsError(
                 "TLS: the server closed the connection during the handshake "
