@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
+from dnstfo.client.report import short_path
 from dnstfo.client.result import QueryFailure, QueryResult
 from dnstfo.client.verdict import Outcome
 from dnstfo.errors import DnstfoError, PermissionNeeded, UsageError
@@ -92,8 +93,7 @@ class Comparison:
     @property
     def short_path(self) -> bool:
         """The path RTT is under 1 ms: rounds and savings measure host overhead, not RTTs."""
-        rtts = [s.result.tfo.timings.rtt_ms for s in self.steps]
-        return any(r is not None and r < 1 for r in rtts)
+        return short_path(s.result.tfo.timings.rtt_ms for s in self.steps)
 
     def in_order(self) -> list[CompareStep | FailedStep]:
         """Answered and failed queries, in the order they were sent."""

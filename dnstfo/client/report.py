@@ -8,6 +8,7 @@ counters, TCP_INFO of the connection, and the client's own monotonic clock. The 
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dnstfo.kernel.tcpinfo import FastOpenClientFail
@@ -85,6 +86,16 @@ class TfoAfter:
     """The error text behind ``fallback``, with the fix, or None."""
     blackhole_delta: int
     """TCPFastOpenBlackhole increase during the exchange."""
+
+
+SHORT_PATH_MS = 1.0
+"""Below this path RTT, rounds measure the hosts' own overhead, not round trips."""
+
+
+def short_path(rtts: Iterable[float | None]) -> bool:
+    """Whether any of ``rtts`` (ms; None: unknown) is under ``SHORT_PATH_MS``: rounds and
+    savings on such a path are not round trips and are not shown as such."""
+    return any(r is not None and r < SHORT_PATH_MS for r in rtts)
 
 
 @dataclass(frozen=True, slots=True)
