@@ -250,10 +250,18 @@ def _forward(pick: Callable[[str], Any]) -> ForwardConfig:
     size = pick("forward-cache-size")
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise UsageError(f"forward-cache-size must be an integer of 0 or more, not {size!r}")
+    upstreams = tuple(address(a) for a in pick("forward") or ())
+    networks = tuple(parse_network(str(n)) for n in allow) if allow else default.allow
+    if not upstreams and not zones:
+        for name in ("forward-allow", "forward-transport", "forward-cache-size"):
+            if pick(name) is not None and pick(name) != ():
+                raise UsageError(
+                    f"--{name} given but no --forward or --forward-zone: nothing is forwarded"
+                )
     return ForwardConfig(
-        upstreams=tuple(address(a) for a in pick("forward") or ()),
+        upstreams=upstreams,
         zones=tuple(zones),
-        allow=tuple(parse_network(str(n)) for n in allow) if allow else default.allow,
+        allow=networks,
         transport=kind,
         cache_size=default.cache_size if size is None else size,
     )

@@ -203,6 +203,66 @@ class ServerConfig:
             raise UsageError("--tfo-queue must be at least 1")
         if self.tls_listen and (self.tls_cert is None or self.tls_key is None):
             raise UsageError("--tls-listen needs --tls-cert FILE and --tls-key FILE")
+        if not self.tls_listen and (self.tls_cert is not None or self.tls_key is not None):
+            given = "--tls-cert" if self.tls_key is None else "--tls-key"
+            raise UsageError(f"{given} given but no --tls-listen ADDR: nothing serves TLS")
+        _check_overlaps(self.listen, self.tls_listen)
+        _check_forward_loop(self.listen, self.forward)
+
+
+def _overlap(a: Endpoint, b: Endpoint) -> bool:
+    """Whether two listen addresses take the same port on a common address: equal, or one
+    the wildcard of the other's family (IPv6 sockets are IPv6-only)."""
+    if a.port != b.port or not a.port:
+        return False
+    x, y = ipaddress.ip_address(a.host), ipaddress.ip_address(b.host)
+    return x.version == y.version and (x == y or x.is_unspecified or y.is_unspecified)
+
+
+def _check_overlaps(listen: tuple[Endpoint, ...], tls_listen: tuple[Endpoint, ...]) -> None:
+    """Refuses a listen address given twice, or covered by another's wildcard: the kernel
+    would say only EADDRINUSE, as if another server held it."""
+    named = [("--listen", e) for e in listen] + [("--tls-listen", e) for e in tls_listen]
+    for i, (option, endpoint) in enumerate(named):
+        for other_option, other in named[:i]:
+            if not _overlap(endpoint, other):
+                continue
+            if other_option == option and endpoint == other:
+                raise UsageError(f"{option} {endpoint} is given twice")
+            if endpoint == other:
+                raise UsageError(f"{option} {endpoint} is also a {other_option} address")
+            raise UsageError(
+                f"{option} {endpoint} overlaps {other_option} {other} (a wildcard address "
+                f"takes the port on every address)"
+            )
+
+
+def _check_forward_loop(listen: tuple[Endpoint, ...], forward: ForwardConfig) -> None:
+    """Refuses an upstream that is one of our own listen addresses (or a loopback address
+    under our wildcard on its port): each forwarded query would come back to us, and again.
+    An upstream on another local address under a wildcard is checked at start-up."""
+    upstreams = [*forward.upstreams, *(a for zone in forward.zones for a in zone.upstreams)]
+    for host, port in upstreams:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            continue
+        for endpoint in listen:
+            ours = ipaddress.ip_address(endpoint.host)
+            if endpoint.port != port or ours.version != address.version:
+                continue
+            if address == ours or (
+                ours.is_unspecified and (address.is_loopback or address.is_unspecified)
+            ):
+                raise UsageError(forward_loop_error(Endpoint(host, port), endpoint))
+
+
+def forward_loop_error(upstream: Endpoint, endpoint: Endpoint) -> str:
+    """The error for an upstream that is our own listen address."""
+    return (
+        f"upstream {upstream} is our own --listen {endpoint}: every forwarded query would "
+        f"come back to us; forward to another server"
+    )
 
 
 def parse_network(text: str) -> IPNetwork:

@@ -8,14 +8,21 @@ handed to asyncio with ``sock=``.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass
 
-from dnstfo.errors import DnstfoError, KernelFeatureError, NetworkError, PermissionNeeded
+from dnstfo.errors import (
+    DnstfoError,
+    KernelFeatureError,
+    NetworkError,
+    PermissionNeeded,
+    UsageError,
+)
 from dnstfo.kernel import sysctl
 from dnstfo.kernel.sockets import TfoKey, family_of, tfo_listener
-from dnstfo.server.config import Endpoint
+from dnstfo.server.config import Endpoint, ServerConfig, forward_loop_error
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +104,69 @@ def open_listeners(
             pair.close()
         raise
     return pairs
+
+
+def check_ports_free(endpoints: tuple[Endpoint, ...]) -> None:
+    """Refuses endpoints whose TCP or UDP port another socket holds, as a single process
+    would: SO_REUSEPORT (``--workers``) lets any process of the same user that sets it too
+    join a port's group, so a second server would silently take a share of the traffic.
+    A plain bind (SO_REUSEADDR for TCP: an earlier run's TIME_WAIT does not count) fails
+    on a port that any listener or bound UDP socket holds. Other errors are left to the
+    real bind, which explains them.
+
+    Raises:
+        NetworkError: EADDRINUSE, naming the address.
+    """
+    for endpoint in endpoints:
+        if not endpoint.port:
+            continue
+        family = family_of(endpoint.host)
+        for kind, name in ((socket.SOCK_STREAM, "TCP"), (socket.SOCK_DGRAM, "UDP")):
+            with socket.socket(family, kind) as sock:
+                if kind == socket.SOCK_STREAM:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                try:
+                    sock.bind((endpoint.host, endpoint.port))
+                except OSError as exc:
+                    if exc.errno != errno.EADDRINUSE:
+                        continue
+                    raise NetworkError(
+                        f"binding {name} {endpoint}: the port is in use by another process "
+                        f"(another server?)",
+                        exc.errno,
+                    ) from exc
+
+
+def check_forward_not_local(config: ServerConfig) -> None:
+    """Refuses an upstream on one of this host's addresses under a wildcard listen
+    address with its port (the loopback and exact cases are refused by the config).
+
+    Raises:
+        UsageError: the upstream is us.
+    """
+    forward = config.forward
+    upstreams = [*forward.upstreams, *(a for zone in forward.zones for a in zone.upstreams)]
+    for host, port in upstreams:
+        for endpoint in config.listen:
+            ours = ipaddress.ip_address(endpoint.host)
+            if endpoint.port != port or not ours.is_unspecified:
+                continue
+            if (":" in host) != (ours.version == 6):
+                continue
+            if _is_local(host):
+                raise UsageError(forward_loop_error(Endpoint(host, port), endpoint))
+
+
+def _is_local(host: str) -> bool:
+    """Whether ``host`` is one of this namespace's addresses (a bind to it succeeds)."""
+    try:
+        with socket.socket(family_of(host), socket.SOCK_DGRAM) as sock:
+            sock.bind((host, 0))
+    except OSError:
+        return False
+    return True
 
 
 def _privileged_port(endpoint: Endpoint, exc: NetworkError) -> DnstfoError:

@@ -28,7 +28,13 @@ from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_unt
 from dnstfo.server.config import ServerConfig
 from dnstfo.server.forwarding import ForwardCollector
 from dnstfo.server.keys import generate_key, read_key_file
-from dnstfo.server.listener import ListenerPair, open_listeners, warn_if_tfo_off
+from dnstfo.server.listener import (
+    ListenerPair,
+    check_forward_not_local,
+    check_ports_free,
+    open_listeners,
+    warn_if_tfo_off,
+)
 from dnstfo.server.pidfile import remove_pidfile, write_pidfile
 from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.supervisor import Supervisor
@@ -112,20 +118,25 @@ def run(config: ServerConfig, *, on_ready: Callable[[DnsServer], None] | None = 
 
 
 def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> int:
+    # What the arguments alone decide is checked before the zones load: a bad start is
+    # one error line, not a normal start then the error.
+    if config.tls_listen and config.workers > 1:
+        raise UsageError("--tls-listen serves in one process for now: leave out --workers")
+    check_forward_not_local(config)
+    if config.tls_cert is not None and config.tls_key is not None:
+        server_context(str(config.tls_cert), str(config.tls_key))  # fail before binding
+    reuseport = config.reuseport or config.workers > 1
+    if reuseport:
+        check_ports_free(config.listen)
     key = startup_key(config)
     # Zones before sockets: a server that cannot serve never holds the port, and workers
     # inherit the zones loaded (and their errors reported) once.
     authority = load_authority(config)
     freeze_zones()  # never walked by the collector; shared copy-on-write by the workers
     warn_if_tfo_off()
-    reuseport = config.reuseport or config.workers > 1
     sets: list[list[ListenerPair]] = []
     tls: list[socket.socket] = []
     try:
-        if config.tls_listen and config.workers > 1:
-            raise UsageError("--tls-listen serves in one process for now: leave out --workers")
-        if config.tls_cert is not None and config.tls_key is not None:
-            server_context(str(config.tls_cert), str(config.tls_key))  # fail before binding
         listen = config.listen
         for _ in range(config.workers):
             pairs = open_listeners(listen, tfo_queue=config.tfo_queue, key=key, reuseport=reuseport)
