@@ -82,7 +82,11 @@ def setns(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def realtime_priority(priority: int = 10, *, pid: int = 0) -> bool:
+_FIFO_PRIORITY = 10
+"""The SCHED_FIFO priority of the lab's timed processes (the delay line's too)."""
+
+
+def realtime_priority(priority: int = _FIFO_PRIORITY, *, pid: int = 0) -> bool:
     """Gives a process (0: the calling one) a real-time (SCHED_FIFO) priority, when allowed.
 
     The lab's timing-critical processes (the delay line, the servers and clients whose round
@@ -98,6 +102,12 @@ def realtime_priority(priority: int = 10, *, pid: int = 0) -> bool:
         log.debug("keeping normal priority: %s", exc)
         return False
     return True
+
+
+def _fifo_before_exec() -> None:
+    """``preexec_fn`` of a real-time command: a bare system call (no locks after fork)."""
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(_FIFO_PRIORITY))
 
 
 def lab_namespaces(*, mine: bool = False) -> list[str]:
@@ -247,11 +257,15 @@ class Namespace:
                 os._exit(code)
         return ChildProcess(pid)
 
-    def exec(self, argv: Sequence[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self, argv: Sequence[str], *, realtime: bool = False, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Runs a command inside this namespace (via ``ip netns exec``) and waits for it.
 
         Args:
             argv: the command and its arguments.
+            realtime: run it with :func:`realtime_priority` from its first instruction
+                (a client whose round trips are measured).
             **kwargs: passed to :func:`subprocess.run` (default: capture text output, 30 s).
 
         Returns:
@@ -260,6 +274,10 @@ class Namespace:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
         kwargs.setdefault("timeout", 30)
+        if realtime:
+            # Set in the forked child before exec, so no part of the command runs without it
+            # (the policy survives both execs: ``ip``'s and the command's).
+            kwargs["preexec_fn"] = _fifo_before_exec
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], check=False, **kwargs)
 
     def read_sysctl(self, name: str) -> str:

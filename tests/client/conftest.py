@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from dnstfo.lab.netns import realtime_priority
+
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "zones"
 DNSTFO = [str(Path(sys.executable).parent / "dnstfo")]
@@ -44,8 +46,8 @@ class Served:
     port: int
 
     def dnstfo(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-        """Runs ``dnstfo ARGS`` in the client namespace."""
-        return self.lab.client.exec([*DNSTFO, *args], timeout=timeout, cwd=ROOT)
+        """Runs ``dnstfo ARGS`` in the client namespace, timed like the delay line (real time)."""
+        return self.lab.client.exec([*DNSTFO, *args], timeout=timeout, cwd=ROOT, realtime=True)
 
     def query_json(self, *args: str) -> dict[str, Any]:
         """Runs ``dnstfo query ... +json`` in the client namespace; returns the one object."""
@@ -103,6 +105,7 @@ def dnstfo_serve(lab: Any, port: int = 53) -> Iterator[Served]:
     argv = ["ip", "netns", "exec", lab.server.name, *DNSTFO, "serve", "--zone", str(ZONES),
             "--listen", f"{SERVER}:{port}"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    realtime_priority(pid=proc.pid)  # its answers are timed: busy CPUs must not delay them
     try:
         _wait_listening(lab, port, proc)
         yield Served(lab, proc, SERVER, port)
@@ -144,6 +147,7 @@ def knotd(lab: Any, tmp: Path, port: int = 53) -> Iterator[Served]:
     conf.write_text(KNOT_CONF.format(run=tmp, address=SERVER, port=port, zones=ZONES))
     argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    realtime_priority(pid=proc.pid)
     try:
         _wait_listening(lab, port, proc)
         yield Served(lab, proc, SERVER, port)
