@@ -19,6 +19,7 @@ from typing import Any, TextIO
 import click
 
 from dnstfo.cli.exits import Exit
+from dnstfo.cli.render import SHORT_PATH_NOTE
 from dnstfo.errors import DnstfoError, UsageError
 
 _SHOWN_DISAGREEMENTS = 10
@@ -123,6 +124,8 @@ def render_summary(summary: Any) -> list[str]:
         f"median round trips: without TFO {_rounds(summary.median_baseline_rounds)}, "
         f"with TFO {_rounds(summary.median_tfo_rounds)}",
     ]
+    if summary.short_path:
+        lines.append(f"  ({summary.short_path} targets left out: {SHORT_PATH_NOTE})")
     if len(summary.vantages) > 1:
         lines += [
             "",
@@ -142,10 +145,11 @@ def render_summary(summary: Any) -> list[str]:
 
 def render_single(record: dict[str, Any]) -> list[str]:
     """A short report for one target, like ``query +compare``."""
-    from dnstfo.client.report import CookieChange
+    from dnstfo.client.report import CookieChange, short_path
 
     head = f"{'step':<9} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} {'cookie':<7} answer"
     lines = [f"{record['dip']} port {record['dp']}", head, "-" * len(head)]
+    short = short_path(c["rtt_ms"] for c in record["connections"])
     for c in record["connections"]:
         change = CookieChange.between(c["cookie_before"], c["cookie_after"])  # hex or null
         cookie = change.value if c["tfo_requested"] else "-"
@@ -153,11 +157,14 @@ def render_single(record: dict[str, Any]) -> list[str]:
         answer = c["rcode"] or f"{c['failure']}: {c['error']}"
         sent = "yes" if c["syn_data_sent"] else "no"
         acked = "yes" if c["syn_data_acked"] else "no"
+        rounds = _rounds(None if short else c["rounds"])
         lines.append(
-            f"{c['step']:<9} {_rounds(c['rounds']):>6} {ms:>9}  {sent:<6} {acked:<5} "
-            f"{cookie:<7} {answer}"
+            f"{c['step']:<9} {rounds:>6} {ms:>9}  {sent:<6} {acked:<5} {cookie:<7} {answer}"
         )
-    lines += ["-" * len(head), f"verdict: {record['verdict']}: {record['reason']}"]
+    lines.append("-" * len(head))
+    if short:
+        lines.append(f"note: {SHORT_PATH_NOTE}")
+    lines.append(f"verdict: {record['verdict']}: {record['reason']}")
     lines.append("conditions: " + " ".join(record["conditions"]))
     return lines
 

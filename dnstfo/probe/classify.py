@@ -31,8 +31,9 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dnstfo.client.report import short_path
 from dnstfo.kernel.tcpinfo import FastOpenClientFail
-from dnstfo.probe.observe import ConnectionObservation, Step, TargetObservations
+from dnstfo.probe.observe import ConnectionObservation, Failure, Step, TargetObservations
 
 
 class Verdict(enum.Enum):
@@ -54,6 +55,12 @@ class Verdict(enum.Enum):
     """Some TFO connections worked and others did not."""
     BROKEN = "broken"
     """The baseline answered and a TFO connection did not."""
+    REFUSED = "refused"
+    """The server closed or reset connections after the handshake without answering, plain
+    ones too (a connection limit, overload): not TFO evidence."""
+    TLS_REFUSED = "tls-refused"
+    """The server answered the TLS handshakes, but its certificate failed the check
+    (``--tls-ca``): no DNS answer; the reason says what TFO did."""
     OFFLINE = "offline"
     """Nothing answered."""
     LOCAL_CLIENT_OFF = "local-client-off"
@@ -93,15 +100,18 @@ def _label(c: ConnectionObservation, conns: Sequence[ConnectionObservation]) -> 
 def conditions(obs: TargetObservations) -> tuple[str, ...]:
     """PATHspider's TFO conditions: the baseline against the last TFO connection.
 
+    A connection counts as connected when it was answered, or when only our certificate
+    check refused the server's TLS handshake (the server and the path did their part).
+
     ``tfo.cookie.received`` when the last TFO connection had a cookie to send (its SYN
     carried one); ``tfo.syndata.acked`` when the SYN-ACK acknowledged the data,
     ``failed`` when the SYN with data got no SYN-ACK (it was retransmitted), ``not_acked``
     when the SYN-ACK did not acknowledge it.
     """
-    base_ok = any(c.answered for c in obs.of(Step.BASELINE))
+    base_ok = any(_connected(c) for c in obs.of(Step.BASELINE))
     tfo_conns = obs.of(Step.TFO) or obs.of(Step.PRIMING)
     last = tfo_conns[-1] if tfo_conns else None
-    tfo_ok = last is not None and last.answered
+    tfo_ok = last is not None and _connected(last)
     if not base_ok and not tfo_ok:
         return ("tfo.connectivity.offline",)
     if not base_ok:
@@ -146,6 +156,23 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
     if not obs.local.client_enabled or off is not None:
         why = off.fallback_reason if off is not None else "the client bit (0x1) is off"
         return Verdict.LOCAL_CLIENT_OFF, f"this host cannot send TFO ({why}); nothing tested"
+    cert = next((c for c in conns if c.failure is Failure.TLS_REFUSED), None)
+    if cert is not None:
+        return Verdict.TLS_REFUSED, _tls_refused(cert, tfo)
+    unanswered = [c for c in conns if not c.answered]
+    if (
+        unanswered
+        and (not base_ok or any(not c.answered for c in tfo_phase))
+        and all(_closed_by_server(c) for c in unanswered)
+        and any(not c.syn_data_sent for c in unanswered)
+    ):
+        plain = [_label(c, conns) for c in unanswered if not c.syn_data_sent]
+        return (
+            Verdict.REFUSED,
+            f"the server closed or reset {len(unanswered)} of {len(conns)} connections after the "
+            f"handshake without answering, plain ones too ({', '.join(plain)}): not TFO "
+            f"(a connection limit? overload?; first: {unanswered[0].error})",
+        )
     if not base_ok and not any(c.answered for c in tfo_phase):
         errors = "; ".join(f"{_label(c, conns)}: {c.error}" for c in conns[:2])
         return Verdict.OFFLINE, f"no connection was answered ({errors})"
@@ -161,7 +188,10 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
     if tfo and len(worked) == len(tfo):
         rounds = [c.rounds for c in tfo if c.rounds is not None]
         most = max(rounds) if rounds else None
-        shown = "" if most is None else f", {most:g} round trip{'' if most == 1 else 's'} at most"
+        if most is None or short_path(c.rtt_ms for c in conns):
+            shown = ""  # under 1 ms of RTT, rounds measure the hosts, not the path
+        else:
+            shown = f", {most:g} round trip{'' if most == 1 else 's'} at most"
         return (
             Verdict.WORKS,
             f"all {len(tfo)} TFO connections rode in the SYN and were acknowledged{shown}{note}",
@@ -236,6 +266,35 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
     return (
         Verdict.UNSTABLE,
         f"the server gave a cookie but the kernel sent no SYN data with it{note}",
+    )
+
+
+def _connected(c: ConnectionObservation) -> bool:
+    """Answered, or refused only by our certificate check after the server's handshake."""
+    return c.answered or c.failure is Failure.TLS_REFUSED
+
+
+def _closed_by_server(c: ConnectionObservation) -> bool:
+    """Closed or reset by the other end before any answer. Both need an established
+    connection (a reset SYN is ``refused``), though a TFO connection may be reset before
+    the driver saw it established: its SYN-ACK then shows as ``syn_data_acked``."""
+    return c.failure in _SERVER_CLOSES
+
+
+_SERVER_CLOSES = frozenset({Failure.RESET, Failure.BAD_REPLY})
+"""Failures after the handshake that the server (or a box in front of it) decided."""
+
+
+def _tls_refused(cert: ConnectionObservation, tfo: Sequence[ConnectionObservation]) -> str:
+    in_syn = [c for c in tfo if c.syn_data_sent and c.syn_data_acked and not c.syn_retransmitted]
+    transport = (
+        f"TFO itself: {len(in_syn)} of {len(tfo)} ClientHellos rode in the SYN and were acked"
+        if tfo
+        else "no TFO connection was made"
+    )
+    return (
+        f"{cert.error}; {transport}. Name the CA that signed it with --tls-ca FILE, or "
+        f"leave out --tls-ca to probe without checking certificates"
     )
 
 

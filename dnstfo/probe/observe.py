@@ -38,6 +38,8 @@ class Failure(enum.Enum):
     """No route, or an ICMP error."""
     BAD_REPLY = "bad-reply"
     """Bytes came back, but not a matching DNS response."""
+    TLS_REFUSED = "tls-refused"
+    """The server answered the TLS handshake, but its certificate failed our check."""
     LOCAL = "local"
     """This host could not open the connection (socket options, source address)."""
 

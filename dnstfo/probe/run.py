@@ -32,6 +32,7 @@ from dnstfo.client.message import build_query
 from dnstfo.client.multiplex import Multiplexer, Outcome
 from dnstfo.client.observe import CookieReader, route_source, syn_retransmits
 from dnstfo.client.report import Fallback, Timings
+from dnstfo.client.tls import TlsCertificateRefused
 from dnstfo.errors import (
     DnstfoError,
     KernelFeatureError,
@@ -204,6 +205,8 @@ class _TargetRun:
 
 def failure_of(error: DnstfoError) -> Failure:
     """The kind of failure behind an error (for the record)."""
+    if isinstance(error, TlsCertificateRefused):
+        return Failure.TLS_REFUSED
     if isinstance(error, PhaseTimeout):
         return Failure.TIMEOUT
     if isinstance(error, RemoteProtocolError):
@@ -217,6 +220,14 @@ def failure_of(error: DnstfoError) -> Failure:
             return Failure.RESET
         return Failure.UNREACHABLE
     return Failure.LOCAL
+
+
+def error_text(error: DnstfoError) -> str:
+    """The error in words, in the probe's own terms (a refused certificate names
+    ``--tls-ca``, not the query's ``+tls-`` options)."""
+    if isinstance(error, TlsCertificateRefused):
+        return f"TLS: the server's certificate was refused: {error.verify_message}"
+    return str(error)
 
 
 def observe(
@@ -260,7 +271,7 @@ def observe(
         rounds=timings.rounds,
         rcode=None if outcome.rcode is None else dns.rcode.to_text(dns.rcode.Rcode(outcome.rcode)),
         failure=None if error is None else failure_of(error),
-        error=None if error is None else str(error),
+        error=None if error is None else error_text(error),
         started=outcome.wall_started,
         finished=outcome.wall_finished,
     )

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from dnstfo.client.report import short_path
 from dnstfo.errors import UsageError
 
 
@@ -32,6 +33,9 @@ class Summary:
     """Answered baseline connections per rounds value (one decimal: a bounded histogram)."""
     tfo_rounds: collections.Counter[float] = field(default_factory=collections.Counter)
     """Answered TFO connections per rounds value."""
+    short_path: int = 0
+    """Records of targets on a path under 1 ms of RTT: their rounds measure the hosts'
+    overhead, so they are left out of the round-trip histograms."""
     track_targets: bool = False
     """Keep each target's verdict per vantage point (for ``disagreements``; memory grows
     with the number of targets, so a live run leaves it off)."""
@@ -50,7 +54,11 @@ class Summary:
         if self.track_targets:
             key = (str(record.get("dip")), int(record.get("dp") or 0))
             self.by_target.setdefault(key, {})[where] = str(record.get("verdict"))
-        for conn in record.get("connections") or ():
+        conns = record.get("connections") or ()
+        if short_path(_float(c.get("rtt_ms")) for c in conns):
+            self.short_path += 1
+            return
+        for conn in conns:
             rounds = conn.get("rounds")
             if rounds is None or conn.get("rcode") is None:
                 continue
@@ -85,6 +93,10 @@ class Summary:
     def median_tfo_rounds(self) -> float | None:
         """Median round trips of TFO connections (None: none answered)."""
         return _median(self.tfo_rounds)
+
+
+def _float(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _median(histogram: collections.Counter[float]) -> float | None:

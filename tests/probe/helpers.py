@@ -68,6 +68,18 @@ def lost(step: Step, **kw: Any) -> ConnectionObservation:
     )
 
 
+def closed(step: Step, **kw: Any) -> ConnectionObservation:
+    """A connection the server closed after the handshake without answering."""
+    fields: dict[str, Any] = {
+        "rcode": None,
+        "total_ms": None,
+        "rounds": None,
+        "failure": Failure.BAD_REPLY,
+        "error": "the server closed the connection without answering",
+    }
+    return conn(step, **(fields | kw))
+
+
 BASE = conn(Step.BASELINE)
 PRIMED = conn(Step.PRIMING, client_fail=FastOpenClientFail.COOKIE_UNAVAILABLE, cookie_after=C1)
 

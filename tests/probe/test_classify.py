@@ -9,13 +9,26 @@ import pytest
 from dnstfo.kernel.tcpinfo import FastOpenClientFail as F
 from dnstfo.probe.classify import Verdict, classify
 from dnstfo.probe.observe import (
+    Failure,
     OptionKind,
     Step,
     SynOnlyObservation,
     TargetObservations,
     WireEvidence,
 )
-from tests.probe.helpers import BASE, C1, C2, C3, LOCAL, PRIMED, conn, in_syn, lost, target
+from tests.probe.helpers import (
+    BASE,
+    C1,
+    C2,
+    C3,
+    LOCAL,
+    PRIMED,
+    closed,
+    conn,
+    in_syn,
+    lost,
+    target,
+)
 
 T = Step.TFO
 P = Step.PRIMING
@@ -38,6 +51,21 @@ held_back = conn(T, cookie_before=C1, cookie_after=C1)
 ignored = conn(
     T, syn_data_sent=True, cookie_before=C1, cookie_after=C1, client_fail=F.DATA_NOT_ACKED
 )
+
+acked_then_reset = closed(
+    T,
+    syn_data_sent=True,
+    syn_data_acked=True,
+    cookie_before=C1,
+    cookie_after=C1,
+    failure=Failure.RESET,
+    error="reading the response: Connection reset by peer (ECONNRESET)",
+)
+CERT = "TLS: the server's certificate was refused: unable to get local issuer certificate"
+
+
+def cert_refused(step: Step, **kw):  # type: ignore[no-untyped-def]
+    return closed(step, failure=Failure.TLS_REFUSED, error=CERT, **kw)
 
 
 def rejected(before: bytes, after: bytes):  # type: ignore[no-untyped-def]
@@ -134,6 +162,36 @@ CASES: list[tuple[str, TargetObservations, Verdict, tuple[str, ...]]] = [
         target(BASE, PRIMED, in_syn(), lost(T, syn_data_sent=True, cookie_before=C1)),
         Verdict.BROKEN,
         ("tfo.connectivity.broken",),
+    ),
+    (
+        "a TFO connection reset after its data was acked, plain ones answered",
+        target(BASE, PRIMED, acked_then_reset, in_syn()),
+        Verdict.BROKEN,
+        ("tfo.connectivity.works", "tfo.cookie.received", "tfo.syndata.acked"),
+    ),
+    (
+        "the server closed plain connections too (its per-client limit)",
+        target(closed(B), BASE, closed(P), acked_then_reset, acked_then_reset),
+        Verdict.REFUSED,
+        ("tfo.connectivity.broken",),
+    ),
+    (
+        "the server closed every connection after the handshake",
+        target(closed(B), closed(B), closed(P), closed(T), closed(T)),
+        Verdict.REFUSED,
+        ("tfo.connectivity.offline",),
+    ),
+    (
+        "the certificate was refused, TFO carried the ClientHello",
+        target(
+            cert_refused(B),
+            cert_refused(B),
+            cert_refused(P, cookie_after=C1),
+            cert_refused(T, syn_data_sent=True, syn_data_acked=True, cookie_before=C1),
+            cert_refused(T, syn_data_sent=True, syn_data_acked=True, cookie_before=C1),
+        ),
+        Verdict.TLS_REFUSED,
+        ("tfo.connectivity.works", "tfo.cookie.received", "tfo.syndata.acked"),
     ),
     (
         "offline",
@@ -245,3 +303,21 @@ def test_dropped_requests_need_a_clean_baseline() -> None:
     slow_base = conn(B, syn_retransmits=1)
     obs = target(slow_base, req_lost_prime, req_lost_tfo)
     assert classify(obs).verdict is Verdict.NO_TFO
+
+
+def test_a_refused_certificate_is_named_with_the_probes_options() -> None:
+    tfo = cert_refused(T, syn_data_sent=True, syn_data_acked=True, cookie_before=C1)
+    reason = classify(target(cert_refused(B), cert_refused(P), tfo, tfo)).reason
+    assert reason.startswith(CERT)
+    assert "2 of 2 ClientHellos rode in the SYN and were acked" in reason
+    assert "--tls-ca FILE" in reason
+    assert "+tls" not in reason
+
+
+def test_rounds_are_not_claimed_on_a_path_under_1_ms() -> None:
+    fast = [replace(c, rtt_ms=0.03, rounds=35.7) for c in (BASE, PRIMED, in_syn(), in_syn())]
+    got = classify(target(*fast))
+    assert got.verdict is Verdict.WORKS
+    assert "round trip" not in got.reason
+    slow = classify(target(BASE, PRIMED, in_syn(), in_syn()))
+    assert "1 round trip at most" in slow.reason

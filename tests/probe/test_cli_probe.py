@@ -106,6 +106,7 @@ def cli_in_ns(tmp: str, port_file: bool) -> dict[str, Any]:
             lst = Path(tmp, "targets.txt")
             lst.write_text(
                 f"127.0.0.2:{port}\n127.0.0.3:{port}\n# c\n127.0.0.4:{port}\nbogus line\n"
+                f"127.0.0.6,{port},bad..name\n"
             )
             many = CliRunner().invoke(
                 probe, ["--targets", str(lst), "-o", str(Path(tmp, "out.ndjson"))]
@@ -134,12 +135,16 @@ def test_probe_writes_records_and_a_summary(
     assert "targets.txt:5" in text
     assert "skipped" in text
     assert "works                       3" in text
-    assert "median round trips: without TFO" in text
+    assert "targets.txt:6: bad domain 'bad..name' (empty label)\n" in text
+    assert "median round trips: without TFO -, with TFO -" in text  # loopback: under 1 ms
+    assert "(3 targets left out: the path RTT is under 1 ms" in text
+    assert not any("round trip" in r["reason"] for r in records)
     code, stdout, stderr = out["one"]
     assert code == 0, stderr
     (record,) = [json.loads(x) for x in stdout.splitlines()]
     assert record["query"] == {"name": "www.test.example.", "type": "A"}
     assert "verdict: works:" in stderr
+    assert "note: the path RTT is under 1 ms" in stderr
     assert "priming" in stderr
     assert "tfo" in stderr
 

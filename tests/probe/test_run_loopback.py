@@ -8,7 +8,7 @@ from datetime import datetime
 import pytest
 
 from dnstfo.lab.netns import Namespace
-from tests.probe.loopback import probe_loopback
+from tests.probe.loopback import probe_loopback, probe_tls_refused_certificate
 
 pytestmark = pytest.mark.netadmin
 
@@ -88,3 +88,38 @@ def test_a_slow_syn_only_check_never_stalls_the_connections(
     assert all(r["syn_only"]["answered"] for r in records)
     slowest = max(c["total_ms"] for r in records for c in r["connections"])
     assert slowest < 300, "a crafted-SYN check ran inside the event loop"
+
+
+def test_a_server_at_its_per_client_limit_is_refused_not_tfo(
+    make_ns: Callable[[str], Namespace],
+) -> None:
+    ns = make_ns("3")
+    out = ns.run(probe_loopback, ["127.0.0.2"], client_full=True, timeout=60)
+    (r,) = out["records"]
+    conns = r["connections"]
+    assert [c["rcode"] for c in conns] == [None] * 5, conns
+    # closed (EOF) or reset, as the close and the query cross
+    assert {c["failure"] for c in conns} <= {"bad-reply", "reset"}, conns
+    assert all(c["syn_data_sent"] and c["syn_data_acked"] for c in conns[3:]), conns
+    assert r["verdict"] == "refused", r["reason"]
+    assert "plain ones too (baseline #1, baseline #2, priming)" in r["reason"]
+
+
+def test_a_refused_certificate_is_named_and_tfo_judged_on_the_wire(
+    make_ns: Callable[[str], Namespace],
+) -> None:
+    ns = make_ns("3")
+    (r,) = ns.run(probe_tls_refused_certificate, timeout=60)["records"]
+    conns = r["connections"]
+    assert {c["failure"] for c in conns} == {"tls-refused"}, conns
+    assert all(c["syn_data_sent"] and c["syn_data_acked"] for c in conns if c["step"] == "tfo")
+    assert r["verdict"] == "tls-refused", r["reason"]
+    assert "certificate was refused" in r["reason"]
+    assert "2 of 2 ClientHellos rode in the SYN and were acked" in r["reason"]
+    assert "--tls-ca FILE" in r["reason"]
+    assert "+tls" not in r["reason"] + conns[0]["error"]
+    assert r["conditions"] == [
+        "tfo.connectivity.works",
+        "tfo.cookie.received",
+        "tfo.syndata.acked",
+    ]

@@ -29,3 +29,19 @@ def test_a_live_summary_keeps_no_per_target_state() -> None:
         s.add(record)
     assert live.by_target == {}
     assert merged.by_target == {("192.0.2.1", 53): {"a": "works"}}
+
+
+def test_rounds_on_a_path_under_1_ms_are_left_out() -> None:
+    def record(rtt_ms: float) -> dict[str, object]:
+        conns = [
+            {"step": "baseline", "rcode": "NOERROR", "rtt_ms": rtt_ms, "rounds": 2.0},
+            {"step": "tfo", "rcode": "NOERROR", "rtt_ms": rtt_ms, "rounds": 1.0},
+        ]
+        return {"dip": "192.0.2.1", "dp": 53, "verdict": "works", "connections": conns}
+
+    summary = Summary()
+    summary.add(record(0.04))
+    assert summary.short_path == 1
+    assert summary.median_tfo_rounds is None
+    summary.add(record(20.0))
+    assert (summary.median_baseline_rounds, summary.median_tfo_rounds) == (2.0, 1.0)
