@@ -320,7 +320,8 @@ def probe(targets: tuple[str, ...], **opts: Any) -> None:
     a priming TFO connection, then --attempts TFO connections; every one reads and
     checks the DNS answer. One ndjson record per target, as each finishes, with
     PATHspider's conditions and a verdict: works, no-tfo, syn-tfo-dropped,
-    syn-data-dropped, data-ignored, cookie-rejected, unstable, broken, offline, local-...
+    syn-data-dropped, data-ignored, cookie-rejected, unstable, broken, refused,
+    tls-refused, offline, local-...
 
     `dnstfo probe summary FILE...` summarises and merges records instead.
     """
