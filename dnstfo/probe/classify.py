@@ -100,8 +100,9 @@ def _label(c: ConnectionObservation, conns: Sequence[ConnectionObservation]) -> 
 def conditions(obs: TargetObservations) -> tuple[str, ...]:
     """PATHspider's TFO conditions: the baseline against the last TFO connection.
 
-    A connection counts as connected when it was answered, or when only our certificate
-    check refused the server's TLS handshake (the server and the path did their part).
+    Connectivity is TCP's, as in PATHspider (a connect that succeeded): a connection was
+    connected when it was answered, closed or reset by the server after the handshake,
+    or refused only by our certificate check.
 
     ``tfo.cookie.received`` when the last TFO connection had a cookie to send (its SYN
     carried one); ``tfo.syndata.acked`` when the SYN-ACK acknowledged the data,
@@ -270,8 +271,9 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
 
 
 def _connected(c: ConnectionObservation) -> bool:
-    """Answered, or refused only by our certificate check after the server's handshake."""
-    return c.answered or c.failure is Failure.TLS_REFUSED
+    """The TCP handshake completed: answered, closed by the server, or our certificate
+    check refused what it sent."""
+    return c.answered or c.failure is Failure.TLS_REFUSED or _closed_by_server(c)
 
 
 def _closed_by_server(c: ConnectionObservation) -> bool:

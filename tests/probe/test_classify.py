@@ -173,13 +173,13 @@ CASES: list[tuple[str, TargetObservations, Verdict, tuple[str, ...]]] = [
         "the server closed plain connections too (its per-client limit)",
         target(closed(B), BASE, closed(P), acked_then_reset, acked_then_reset),
         Verdict.REFUSED,
-        ("tfo.connectivity.broken",),
+        ("tfo.connectivity.works", "tfo.cookie.received", "tfo.syndata.acked"),
     ),
     (
         "the server closed every connection after the handshake",
         target(closed(B), closed(B), closed(P), closed(T), closed(T)),
         Verdict.REFUSED,
-        ("tfo.connectivity.offline",),
+        ("tfo.connectivity.works", "tfo.cookie.not_received"),
     ),
     (
         "the certificate was refused, TFO carried the ClientHello",

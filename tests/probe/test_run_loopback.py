@@ -103,6 +103,12 @@ def test_a_server_at_its_per_client_limit_is_refused_not_tfo(
     assert all(c["syn_data_sent"] and c["syn_data_acked"] for c in conns[3:]), conns
     assert r["verdict"] == "refused", r["reason"]
     assert "plain ones too (baseline #1, baseline #2, priming)" in r["reason"]
+    # PATHspider's connectivity is TCP's: every handshake completed, and the SYN data was acked
+    assert r["conditions"] == [
+        "tfo.connectivity.works",
+        "tfo.cookie.received",
+        "tfo.syndata.acked",
+    ]
 
 
 def test_a_refused_certificate_is_named_and_tfo_judged_on_the_wire(
