@@ -8,7 +8,8 @@
     │   └── FastOpenDisabled         the kernel has Fast Open, but its sysctl switches it off
     ├── PermissionNeeded             the operation needs root / CAP_NET_ADMIN
     ├── NetworkError                 an OSError at a socket edge, errno kept
-    │   └── PhaseTimeout             nothing happened before a deadline, in a named phase
+    │   ├── PhaseTimeout             nothing happened before a deadline, in a named phase
+    │   └── PeerClosed               the peer closed before any reply (also a RemoteProtocolError)
     ├── RemoteProtocolError          the peer sent something that breaks the protocol
     │   └── FrameTooLarge            a DNS-over-TCP frame beyond our size limit
     ├── ZoneLoadError                a zone file failed to load (file and line)
@@ -101,6 +102,27 @@ class PhaseTimeout(NetworkError):
 
 class RemoteProtocolError(DnstfoError):
     """The peer broke the protocol (bad framing, a mismatched or malformed message)."""
+
+
+class PeerClosed(NetworkError, RemoteProtocolError):
+    """The peer closed the connection before sending any byte of a reply.
+
+    No reply arrived, so to ``dnstfo query`` it is a network outcome (exit 9, as dig's
+    "end of file"); it stays a :class:`RemoteProtocolError` for code that counts it with
+    the server's other refusals to answer (the probe's ``bad-reply``).
+
+    Args:
+        phase: what we were waiting for (``first byte``).
+    """
+
+    def __init__(self, phase: str) -> None:
+        super().__init__(
+            f"the server closed the connection without answering (waiting for the {phase})"
+        )
+        self.phase = phase
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return type(self), (self.phase,)
 
 
 class FrameTooLarge(RemoteProtocolError):

@@ -8,7 +8,7 @@ time: people run it by hand and in loops). Each ``+option`` has a ``--option`` t
 dig's habits kept: a word that names a type is the type (``ANY`` too, though it is also a
 class) until one is given, and a class after that; ``-t``, ``-c``, ``-q`` and ``-x`` say
 it explicitly; the first ``@SERVER`` counts (dig and kdig ignore later ones); ``+tcp`` and
-``+vc`` are accepted, since every query here is over TCP.
+``+vc`` are accepted, since every query here is over TCP; dig's ``+time=S`` is ``+timeout=S``.
 """
 
 from __future__ import annotations
@@ -261,27 +261,30 @@ def _plus(option: str, values: dict[str, Any]) -> None:
         return
     if key == "tls-insecure":
         values["tls"] = True
+    name = key
+    if key == "time":  # dig's name for the seconds per try
+        key = "timeout"
     if key in _VALUES:
         if not has_value:
-            raise UsageError(f"+{key} needs a value, e.g. +{key}=3")
+            raise UsageError(f"+{name} needs a value, e.g. +{name}=3")
         try:
             value = _VALUES[key](raw)
         except ValueError:
-            raise UsageError(f"+{key}={raw}: not a number") from None
+            raise UsageError(f"+{name}={raw}: not a number") from None
         if key == "port" and not 0 < value <= _MAX_PORT:
             raise UsageError(f"port {raw} is out of range: give 1 to {_MAX_PORT}")
         if value <= 0:
-            raise UsageError(f"+{key} must be positive")
+            raise UsageError(f"+{name} must be positive")
         values[key] = value
         return
-    if has_value:
-        raise UsageError(f"+{key} takes no value")
     on = not key.startswith("no")
     base = key if on else key[2:]
+    if base not in _TCP_OPTIONS and base not in _FLAGS:
+        raise UsageError(f"unknown option +{key}")
+    if has_value:
+        raise UsageError(f"+{key} takes no value")
     if base in _TCP_OPTIONS:
         if not on:
             raise UsageError(f"+{key}: dnstfo query asks over TCP only")
         return
-    if base not in _FLAGS:
-        raise UsageError(f"unknown option +{key}")
     values[_FLAGS[base]] = on

@@ -72,7 +72,7 @@ Options (each +option also works as --option, e.g. +timeout=2 or --timeout 2):
   +json            one JSON object per query, an answer or an error (fields in the README)
   +dnssec          set the DO bit
   +norecurse       clear RD
-  +timeout=S       seconds per try (default 5)
+  +timeout=S       seconds per try (default 5; dig's +time=S too)
   +tries=N         tries in all (default 1); Query time covers them all
   +notfo           plain TCP, no Fast Open
   +nocookie        SYN data without a cookie (TCP_FASTOPEN_NO_COOKIE)
@@ -108,15 +108,19 @@ def run(words: list[str] | tuple[str, ...]) -> int:
         return _usage(str(exc))
     if batch is None:
         return _run_query(d)
+    from dnstfo.cli.render import err
+
     status: int = Exit.OK
-    for where, line in batch:
+    failures = 0
+    for where, line in batch:  # a bad line is named and skipped, the rest still run
         try:
-            line_args = _line_args(d, line)
+            code = _run_query(_line_args(d, line), where=where)
         except UsageError as exc:
-            _usage(f"{where}: {exc}")
-            status = Exit.USAGE
-            continue
-        status = _run_query(line_args) or status
+            code = _usage(f"{where}: {exc}")
+        if code:
+            status, failures = code, failures + 1
+    if failures:
+        err(f";; {failures} of {len(batch)} queries in {d.batch or '-'} failed")
     return status
 
 
@@ -241,15 +245,16 @@ def _family(d: DigArgs, server_name: str) -> int:
     return {4: socket.AF_INET, 6: socket.AF_INET6}.get(wanted or 0, socket.AF_UNSPEC)
 
 
-def _run_query(d: DigArgs) -> int:
-    """Runs one line's query (``+repeat`` times, or ``+compare``); returns its status."""
+def _run_query(d: DigArgs, where: str | None = None) -> int:
+    """Runs one line's query (``+repeat`` times, or ``+compare``); returns its status.
+    ``where`` (``FILE:LINE``) names a batch file's line in a usage error."""
     from dnstfo.cli.render import err
     from dnstfo.errors import UsageError
 
     try:
         config, server_name = _config(d)
     except UsageError as exc:
-        return _usage(str(exc))
+        return _usage(f"{where}: {exc}" if where else str(exc))
     if d.compare:
         return _run_compare(config, server_name, d.repeat or 3, bool(d.json)) or Exit.OK
     count = d.repeat or 1

@@ -32,6 +32,7 @@ from dnstfo.errors import (
     FastOpenDisabled,
     KernelFeatureError,
     NetworkError,
+    PeerClosed,
     PhaseTimeout,
     RemoteProtocolError,
 )
@@ -129,14 +130,18 @@ class Exchange:
         goes on with more (RFC 5936 §2.2), read through the same decoder.
 
         Raises:
-            RemoteProtocolError: end of stream before a whole message, or bad framing.
+            PeerClosed: end of stream before any byte of a reply (no reply: a network
+                outcome, named with the phase).
+            RemoteProtocolError: end of stream inside a message or after it, or bad framing.
         """
+        if not chunk:
+            if self.first_byte is None:
+                raise PeerClosed(self.phase)
+            self._decoder.feed_eof()
+            raise RemoteProtocolError("the server closed the connection without answering")
         if self.first_byte is None:
             self.first_byte = now
             self._rearm(now)
-        if not chunk:
-            self._decoder.feed_eof()
-            raise RemoteProtocolError("the server closed the connection without answering")
         messages = self._decoder.feed(chunk)
         if messages and self.done is None:
             self.done = now

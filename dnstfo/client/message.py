@@ -64,7 +64,7 @@ def parse_response(
     try:
         response = dns.message.from_wire(wire, xfr=xfr, one_rr_per_rrset=xfr)
     except dns.exception.DNSException as exc:
-        raise RemoteProtocolError(f"malformed response ({len(wire)} bytes): {exc}") from exc
+        raise RemoteProtocolError(malformed(wire, exc)) from exc
     if not response.flags & dns.flags.QR:
         raise RemoteProtocolError("the server sent a query, not a response")
     if response.id != query.id:
@@ -73,6 +73,23 @@ def parse_response(
         got = "; ".join(r.to_text() for r in response.question) or "none"
         raise RemoteProtocolError(f"response question ({got}) does not match the query's")
     return response
+
+
+def malformed(wire: bytes, exc: dns.exception.DNSException) -> str:
+    """Why dnspython could not parse a response, in our words (as the probe puts it)."""
+    import dns.name
+
+    if isinstance(exc, dns.message.ShortHeader):
+        return f"a {len(wire)}-byte message is shorter than a DNS header"
+    if isinstance(exc, dns.message.TrailingJunk):
+        why = "bytes follow the last record"
+    elif isinstance(exc, dns.name.BadPointer):
+        why = "a name's compression pointer points forward"
+    elif isinstance(exc, dns.name.BadLabelType | dns.name.LabelTooLong | dns.name.NameTooLong):
+        why = "a name is badly encoded"
+    else:
+        why = "its records run past its end or are badly encoded"
+    return f"malformed response ({len(wire)} bytes): {why}"
 
 
 def transfer_soas(response: dns.message.Message, *, first: bool) -> int:

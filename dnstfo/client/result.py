@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 from dnstfo.client.config import QueryConfig
 from dnstfo.client.report import TfoAfter, TfoBefore, Timings
 from dnstfo.client.verdict import Verdict
-from dnstfo.errors import DnstfoError, NetworkError, PhaseTimeout, RemoteProtocolError
+from dnstfo.errors import (
+    DnstfoError,
+    NetworkError,
+    PeerClosed,
+    PhaseTimeout,
+    RemoteProtocolError,
+)
 from dnstfo.kernel.tcpinfo import TcpInfo
 from dnstfo.timing import PhaseTimes
 
@@ -114,7 +120,7 @@ class QueryFailure:
     @classmethod
     def from_error(cls, exc: DnstfoError) -> QueryFailure:
         """Describes the error an exchange raised."""
-        if isinstance(exc, PhaseTimeout):
+        if isinstance(exc, PhaseTimeout | PeerClosed):
             return cls(phase=exc.phase, errno=None, message=str(exc))
         if isinstance(exc, NetworkError):
             text = str(exc)

@@ -103,6 +103,18 @@ def test_digargs_rejects_value_on_flag():
         digargs.parse(["+short=1"])
 
 
+def test_digargs_unknown_option_with_a_value_is_unknown():
+    with pytest.raises(UsageError, match=r"^unknown option \+bogus$"):
+        digargs.parse(["+bogus=1"])
+
+
+def test_digargs_dig_time_is_the_timeout():
+    assert digargs.parse(["+time=2"]).timeout == 2.0
+    assert digargs.parse(["+timeout=3", "+time=1.5"]).timeout == 1.5
+    with pytest.raises(UsageError, match=r"\+time needs a value"):
+        digargs.parse(["+time"])
+
+
 def test_connection_refused_is_one_line_and_exit_9():
     import socket
 
@@ -335,6 +347,17 @@ def test_batch_goes_on_after_a_bad_line_and_exits_2(captured, tmp_path):
     assert code == 2
     assert [c.qname for c, *_ in seen] == ["w.example", "y.example"]
     assert f"{batch}:2: unknown option +bogus" in output
+    assert f";; 1 of 3 queries in {batch} failed" in output
+
+
+def test_batch_names_a_bad_type_line_and_runs_the_rest(captured, tmp_path):
+    batch = tmp_path / "queries"
+    batch.write_text("w.example\nx.example BOGUSTYPE\ny.example SOA +short\n")
+    code, seen, output = captured("-f", str(batch), "@127.0.0.1")
+    assert code == 2
+    assert [(c.qname, c.rdtype) for c, *_ in seen] == [("w.example", "A"), ("y.example", "SOA")]
+    assert f"{batch}:2: unknown type 'BOGUSTYPE'" in output
+    assert f";; 1 of 3 queries in {batch} failed" in output
 
 
 def test_batch_file_missing_is_one_line(captured, tmp_path):

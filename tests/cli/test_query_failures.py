@@ -60,14 +60,42 @@ def test_json_on_timeout_names_the_phase():
     assert "timed out" in error["message"]
 
 
-def test_json_on_a_bad_reply_exits_10():
-    def close_at_once(_n: int, conn: socket.socket, _q: dns.message.Message) -> None:
-        conn.shutdown(socket.SHUT_WR)
+def close_at_once(_n: int, conn: socket.socket, _q: dns.message.Message) -> None:
+    """Reads the query and closes without a byte of answer."""
+    conn.shutdown(socket.SHUT_WR)
 
+
+def test_close_without_answer_is_no_reply_exit_9():
+    """No reply arrived: dig's 9 ("communications error ... end of file"), phase named."""
     with serving(close_at_once) as port:
         result = query("x.example", "@127.0.0.1", "-p", str(port), "+json")
+        text = query("x.example", "@127.0.0.1", "-p", str(port))
+    assert result.exit_code == 9
+    assert json.loads(result.stdout)["error"]["phase"] == "first byte"
+    assert text.exit_code == 9
+    assert ";; no answer: the server closed the connection without answering" in text.stderr
+
+
+def test_close_mid_message_is_a_bad_reply_exit_10():
+    def half(_n: int, conn: socket.socket, q: dns.message.Message) -> None:
+        conn.sendall(b"\x00\x40" + q.to_wire()[:10])  # 12 bytes of a 64-byte frame
+        conn.shutdown(socket.SHUT_WR)
+
+    with serving(half) as port:
+        result = query("x.example", "@127.0.0.1", "-p", str(port))
     assert result.exit_code == 10
-    assert json.loads(result.stdout)["error"]["phase"] == "response"
+    assert ";; bad answer:" in result.stderr
+
+
+def test_malformed_answer_is_worded_by_us():
+    def hello(_n: int, conn: socket.socket, _q: dns.message.Message) -> None:
+        conn.sendall(b"\x00\x05hello")
+
+    with serving(hello) as port:
+        result = query("x.example", "@127.0.0.1", "-p", str(port))
+    assert result.exit_code == 10
+    assert "a 5-byte message is shorter than a DNS header" in result.stderr
+    assert "from_wire" not in result.stderr
 
 
 def test_json_repeat_gives_one_object_per_query():
@@ -89,7 +117,7 @@ def test_repeat_goes_on_after_a_failure_and_counts_it():
         result = query("x.example", "@127.0.0.1", "-p", str(port), "+short", "+repeat=4")
     assert result.stdout.splitlines() == ["192.0.2.9"] * 3
     assert ";; 1 of 4 queries failed" in result.stderr
-    assert result.exit_code == 10
+    assert result.exit_code == 9
 
 
 def test_tries_time_covers_every_try():
@@ -139,7 +167,7 @@ def test_compare_goes_on_after_a_failed_query_and_counts_it():
 
     with serving(fail_third) as port:
         result = query("x.example", "@127.0.0.1", "-p", str(port), "+compare", "+json")
-    assert result.exit_code == 10
+    assert result.exit_code == 9
     obj = json.loads(result.stdout)
     assert obj["failures"] == 1
     assert [s["step"] for s in obj["steps"]] == ["baseline", "priming", "tfo", "tfo", "tfo"]
