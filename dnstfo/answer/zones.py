@@ -29,9 +29,12 @@ from pathlib import Path
 
 import dns.exception
 import dns.name
+import dns.node
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rrset
+import dns.transaction
 import dns.zone
 import dns.zonefile
 
@@ -141,25 +144,97 @@ def origin_from_file_name(path: Path) -> dns.name.Name:
     return dns.name.from_text(stem)
 
 
-def _has_leading_origin(text: str) -> bool:
-    """Whether the first directive or record of a master file is ``$ORIGIN``."""
+def _leading_origin(text: str) -> str | None:
+    """The name of a master file's ``$ORIGIN`` when it is its first directive or record
+    (``""`` when it names none), else None."""
     for raw in text.splitlines():
         line = raw.split(";", 1)[0].strip()
         if not line:
             continue
         if _ORIGIN_DIRECTIVE.match(line):
-            return True
+            words = line.split()
+            return words[1] if len(words) > 1 else ""
         if not line.upper().startswith("$TTL"):
-            return False
-    return False
+            return None
+    return None
+
+
+_ABSOLUTE_OWNER = re.compile(r"^([^\s;$()][^\s;()]*\.)\s", re.MULTILINE)
+
+
+def _warn_outside(path: Path, text: str, origin: dns.name.Name) -> None:
+    """Warns of records whose absolute owner name lies outside the zone: the reader drops
+    them without a word (RFC 1035 §5.2 leaves them to the loader; BIND and Knot warn)."""
+    apex = origin.to_text().lower()
+    suffix = "." + apex
+    outside: list[tuple[int, str]] = []
+    for match in _ABSOLUTE_OWNER.finditer(text):
+        owner = match.group(1).lower()
+        if owner != apex and not owner.endswith(suffix) and apex != ".":
+            outside.append((text.count("\n", 0, match.start()) + 1, match.group(1)))
+    if outside:
+        line, owner = outside[0]
+        more = f" and {len(outside) - 1} more" if len(outside) > 1 else ""
+        log.warning(
+            "%s:%d: %s is outside the zone %s: record ignored%s",
+            path,
+            line,
+            owner,
+            apex,
+            more,
+        )
+
+
+class _CnameConflict(dns.exception.SyntaxError):
+    """A CNAME beside other data, raised where the reader can name the line."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)  # type: ignore[no-untyped-call]
+
+
+def _check_cname(
+    txn: dns.transaction.Transaction, name: dns.name.Name, rdataset: dns.rdataset.Rdataset
+) -> None:
+    """dnspython's CNAME-and-other-data check, raised as a syntax error: the reader adds the
+    file and line to those, and our message names the owner."""
+    node = txn.get_node(name)
+    if node is None:
+        return
+    kinds = {node.classify(), dns.node.NodeKind.classify_rdataset(rdataset)}
+    if kinds == {dns.node.NodeKind.CNAME, dns.node.NodeKind.REGULAR}:
+        raise _CnameConflict(
+            f"{name} holds a CNAME and other data (RFC 1034 §3.6.2 allows the CNAME alone)"
+        )
+
+
+def _locate_cname_conflict(text: str, origin: dns.name.Name | None) -> str | None:
+    """Parses ``text`` again with :func:`_check_cname` to find the CNAME conflict's line
+    and owner (only after a load failed with it: it costs a second parse)."""
+    try:
+        dns.zone.from_text(
+            text,
+            origin=origin,
+            relativize=False,
+            filename="zone",
+            allow_include=False,
+            check_origin=False,
+            transaction_setup=lambda txn: txn.check_put_rdataset(_check_cname),
+        )
+    except dns.exception.SyntaxError as exc:
+        return str(exc)
+    except (dns.exception.DNSException, ValueError):
+        return None
+    return None
 
 
 def _zone_load_error(
-    path: Path, exc: Exception, text: str, origin: dns.name.Name | None
+    path: Path, exc: Exception, text: str, origin: dns.name.Name | None, declared: str | None
 ) -> ZoneLoadError:
     """Turns a dnspython exception into a ZoneLoadError: file, line when given, and the
-    reason in words."""
+    reason in words; ``declared`` is the file's leading ``$ORIGIN`` name, if any."""
     message = str(exc) or type(exc).__name__
+    if isinstance(exc, dns.zonefile.CNAMEAndOtherData):
+        message = _locate_cname_conflict(text, origin) or message
     match = _LINE_IN_MESSAGE.search(message)
     if match:
         line = _exact_line(text, origin, int(match.group(1)))
@@ -172,7 +247,8 @@ def _zone_load_error(
         message = "no NS record at the zone's apex"
     elif isinstance(exc, dns.zonefile.CNAMEAndOtherData):
         message = "a name holds a CNAME and other data (RFC 1034 §3.6.2 allows the CNAME alone)"
-    where = f" {origin}" if origin is not None else ""
+    name = origin if origin is not None else declared
+    where = f" {name}" if name else ""
     return ZoneLoadError(str(path), None, f"zone{where}: {message}")
 
 
@@ -260,8 +336,9 @@ def load_zone_file(path: Path, known: LoadedZone | None = None) -> LoadedZone:
     except UnicodeDecodeError as exc:
         raise ZoneLoadError(str(path), None, f"cannot read: not UTF-8 text ({exc})") from exc
     origin = None
+    declared = _leading_origin(text)
     try:
-        origin = None if _has_leading_origin(text) else origin_from_file_name(path)
+        origin = None if declared is not None else origin_from_file_name(path)
         zone = dns.zone.from_text(
             text,
             origin=origin,
@@ -270,8 +347,9 @@ def load_zone_file(path: Path, known: LoadedZone | None = None) -> LoadedZone:
             allow_include=False,  # a zone directory is self-contained
         )
     except (dns.exception.DNSException, ValueError) as exc:
-        raise _zone_load_error(path, exc, text, origin) from exc
+        raise _zone_load_error(path, exc, text, origin, declared) from exc
     loaded = LoadedZone.from_zone(zone, path, digest)
+    _warn_outside(path, text, loaded.origin)
     # Free dnspython's copy a node at a time: dropped at once, its deallocation is one
     # long C call that holds the GIL (~0.15 s for 150,000 records) when loaded in a thread.
     while zone.nodes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -175,3 +176,41 @@ def test_record_count(tmp_path: Path) -> None:
     path = tmp_path / "t.test"
     path.write_text(GOOD.format(serial=1) + "www A 192.0.2.2\nwww A 192.0.2.3\n")
     assert load_zone_file(path).records == 5
+
+
+def test_missing_soa_names_the_zone_of_an_origin_directive(tmp_path: Path) -> None:
+    path = tmp_path / "nosoa.zone"
+    path.write_text("$ORIGIN a.test.\n$TTL 60\n@ IN NS ns\nns IN A 192.0.2.1\n")
+    with pytest.raises(ZoneLoadError, match=r"nosoa\.zone: zone a\.test\.: no SOA record"):
+        load_zone_file(path)
+
+
+def test_cname_and_other_data_names_owner_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "b.test"
+    path.write_text(
+        "$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns IN A 192.0.2.1\nw A 192.0.2.2\nns IN CNAME x\n"
+    )
+    with pytest.raises(ZoneLoadError) as caught:
+        load_zone_file(path)
+    assert caught.value.line == 6
+    assert str(caught.value) == (
+        f"{path}:6: ns.b.test. holds a CNAME and other data "
+        "(RFC 1034 §3.6.2 allows the CNAME alone)"
+    )
+
+
+def test_record_outside_the_zone_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "b.test"
+    path.write_text(
+        "$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nNS.B.TEST. A 192.0.2.1\n"
+        "foo.other.test. A 192.0.2.9\nx.test. A 192.0.2.8\n"
+    )
+    with caplog.at_level(logging.WARNING, logger="dnstfo.answer.zones"):
+        zone = load_zone_file(path)
+    assert zone.records == 3
+    (record,) = caplog.records
+    assert record.getMessage() == (
+        f"{path}:5: foo.other.test. is outside the zone b.test.: record ignored and 1 more"
+    )
