@@ -57,7 +57,8 @@ class Verdict(enum.Enum):
     """The baseline answered and a TFO connection did not."""
     REFUSED = "refused"
     """The server closed or reset connections after the handshake without answering, plain
-    ones too (a connection limit, overload): not TFO evidence."""
+    ones, or TFO ones whose SYN data it had acknowledged (a connection limit, overload):
+    not TFO evidence."""
     TLS_REFUSED = "tls-refused"
     """The server answered the TLS handshakes, but its certificate failed the check
     (``--tls-ca``): no DNS answer; the reason says what TFO did."""
@@ -164,14 +165,18 @@ def _decide(obs: TargetObservations) -> tuple[Verdict, str]:
     if (
         unanswered
         and (not base_ok or any(not c.answered for c in tfo_phase))
-        and all(_closed_by_server(c) for c in unanswered)
-        and any(not c.syn_data_sent for c in unanswered)
+        and all(_closed_by_server(c) and _data_delivered(c) for c in unanswered)
     ):
         plain = [_label(c, conns) for c in unanswered if not c.syn_data_sent]
+        which = (
+            f"plain ones too ({', '.join(plain)})"
+            if plain
+            else "after acknowledging their SYN data"
+        )
         return (
             Verdict.REFUSED,
             f"the server closed or reset {len(unanswered)} of {len(conns)} connections after the "
-            f"handshake without answering, plain ones too ({', '.join(plain)}): not TFO "
+            f"handshake without answering, {which}: not TFO "
             f"(a connection limit? overload?; first: {unanswered[0].error})",
         )
     if not base_ok and not any(c.answered for c in tfo_phase):
@@ -281,6 +286,11 @@ def _closed_by_server(c: ConnectionObservation) -> bool:
     connection (a reset SYN is ``refused``), though a TFO connection may be reset before
     the driver saw it established: its SYN-ACK then shows as ``syn_data_acked``."""
     return c.failure in _SERVER_CLOSES
+
+
+def _data_delivered(c: ConnectionObservation) -> bool:
+    """TFO did its part: no SYN data, or the server's SYN-ACK acknowledged it."""
+    return not c.syn_data_sent or (c.syn_data_acked and not c.syn_retransmitted)
 
 
 _SERVER_CLOSES = frozenset({Failure.RESET, Failure.BAD_REPLY})

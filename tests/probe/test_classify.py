@@ -165,9 +165,15 @@ CASES: list[tuple[str, TargetObservations, Verdict, tuple[str, ...]]] = [
     ),
     (
         "a TFO connection reset after its data was acked, plain ones answered",
-        target(BASE, PRIMED, acked_then_reset, in_syn()),
-        Verdict.BROKEN,
+        target(BASE, PRIMED, in_syn(), acked_then_reset),
+        Verdict.REFUSED,
         ("tfo.connectivity.works", "tfo.cookie.received", "tfo.syndata.acked"),
+    ),
+    (
+        "a TFO connection reset before its data was acked",
+        target(BASE, PRIMED, in_syn(), replace(acked_then_reset, syn_data_acked=False)),
+        Verdict.BROKEN,
+        ("tfo.connectivity.works", "tfo.cookie.received", "tfo.syndata.not_acked"),
     ),
     (
         "the server closed plain connections too (its per-client limit)",
