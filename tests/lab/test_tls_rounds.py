@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from dnstfo.lab.netns import realtime_priority
 from tests.client.conftest import DNSTFO, ROOT, SERVER, ZONES, Served, _stop, _wait_listening
 from tests.client.conftest import lab_with as lab_with  # the fixture
 
@@ -35,6 +36,8 @@ def dnstfo_tls(lab, ca, log: Path) -> Iterator[Served]:
             "--tls-key", str(ca.key), "--query-log", "text"]  # fmt: skip
     with log.open("wb") as err:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        # Its handshakes are timed: the TLS work must not wait behind busy processes.
+        realtime_priority(pid=proc.pid)
         try:
             _wait_listening(lab, TLS_PORT, proc)
             yield Served(lab, proc, SERVER, TLS_PORT)
