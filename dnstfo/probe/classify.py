@@ -293,7 +293,7 @@ def _data_delivered(c: ConnectionObservation) -> bool:
     return not c.syn_data_sent or (c.syn_data_acked and not c.syn_retransmitted)
 
 
-_SERVER_CLOSES = frozenset({Failure.RESET, Failure.BAD_REPLY})
+_SERVER_CLOSES = frozenset({Failure.CLOSED, Failure.RESET, Failure.BAD_REPLY})
 """Failures after the handshake that the server (or a box in front of it) decided."""
 
 

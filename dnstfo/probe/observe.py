@@ -36,6 +36,8 @@ class Failure(enum.Enum):
     """The connection was reset after it was established."""
     UNREACHABLE = "unreachable"
     """No route, or an ICMP error."""
+    CLOSED = "closed"
+    """The server closed the connection before any byte of a reply."""
     BAD_REPLY = "bad-reply"
     """Bytes came back, but not a matching DNS response."""
     TLS_REFUSED = "tls-refused"
@@ -71,7 +73,8 @@ class WireEvidence:
     syn_data_len: int
     """``tfo_dlen``: payload bytes in our first SYN."""
     syn_data_acked: bool | None
-    """The SYN-ACK acknowledged the SYN's payload (ack = seq + 1 + dlen); None: no SYN-ACK."""
+    """The SYN-ACK acknowledged the SYN's payload (ack = seq + 1 + dlen, dlen > 0; a SYN
+    without payload has nothing acknowledged); None: no SYN-ACK."""
     syn_count: int
     """SYNs we sent for this connection (more than one: retransmitted)."""
     retransmitted_syn_kind: OptionKind | None

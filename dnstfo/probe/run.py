@@ -37,6 +37,7 @@ from dnstfo.errors import (
     DnstfoError,
     KernelFeatureError,
     NetworkError,
+    PeerClosed,
     PermissionNeeded,
     PhaseTimeout,
     RemoteProtocolError,
@@ -209,6 +210,8 @@ def failure_of(error: DnstfoError) -> Failure:
         return Failure.TLS_REFUSED
     if isinstance(error, PhaseTimeout):
         return Failure.TIMEOUT
+    if isinstance(error, PeerClosed):
+        return Failure.CLOSED
     if isinstance(error, RemoteProtocolError):
         return Failure.BAD_REPLY
     if isinstance(error, NetworkError):

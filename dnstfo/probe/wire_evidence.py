@@ -169,7 +169,9 @@ def wire_evidence(packets: Iterable[bytes], client: tuple[str, int]) -> WireEvid
         synack_cookie_len=None if synack is None else synack.cookie_len,
         syn_data_len=first.payload_len,
         syn_data_acked=(
-            None if synack is None else synack.ack == (first.seq + 1 + first.payload_len) % 2**32
+            None
+            if synack is None
+            else first.payload_len > 0 and synack.ack == (first.seq + 1 + first.payload_len) % 2**32
         ),
         syn_count=len(syns),
         retransmitted_syn_kind=last.kind if resent else None,

@@ -74,7 +74,7 @@ def closed(step: Step, **kw: Any) -> ConnectionObservation:
         "rcode": None,
         "total_ms": None,
         "rounds": None,
-        "failure": Failure.BAD_REPLY,
+        "failure": Failure.CLOSED,
         "error": "the server closed the connection without answering",
     }
     return conn(step, **(fields | kw))

@@ -53,7 +53,7 @@ def test_a_cookie_request_and_the_cookie_that_answers_it() -> None:
         synack_kind=OptionKind.FASTOPEN,
         synack_cookie_len=8,
         syn_data_len=0,
-        syn_data_acked=True,
+        syn_data_acked=False,  # no payload: nothing to acknowledge
         syn_count=1,
         retransmitted_syn_kind=None,
         retransmitted_syn_data_len=0,
@@ -158,7 +158,10 @@ def tshark_evidence(pcap: Path) -> dict[int, WireEvidence]:
         dlen = int(first["tcp.len"])
         acked = None
         if synack is not None:
-            acked = int(synack["tcp.ack_raw"]) == (int(first["tcp.seq_raw"]) + 1 + dlen) % 2**32
+            acked = (
+                dlen > 0
+                and int(synack["tcp.ack_raw"]) == (int(first["tcp.seq_raw"]) + 1 + dlen) % 2**32
+            )
         resent = len(rows) > 1
         result[port] = WireEvidence(
             syn_kind=kind,
