@@ -204,7 +204,11 @@ class ServerConfig:
         if self.tls_listen and (self.tls_cert is None or self.tls_key is None):
             raise UsageError("--tls-listen needs --tls-cert FILE and --tls-key FILE")
         if not self.tls_listen and (self.tls_cert is not None or self.tls_key is not None):
-            given = "--tls-cert" if self.tls_key is None else "--tls-key"
+            given = " and ".join(
+                option
+                for option, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key))
+                if value is not None
+            )
             raise UsageError(f"{given} given but no --tls-listen ADDR: nothing serves TLS")
         _check_overlaps(self.listen, self.tls_listen)
         _check_forward_loop(self.listen, self.forward)
