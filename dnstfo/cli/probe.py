@@ -149,7 +149,7 @@ def render_single(record: dict[str, Any]) -> list[str]:
 
     head = f"{'step':<9} {'rounds':>6} {'ms':>9}  {'in SYN':<6} {'acked':<5} {'cookie':<7} answer"
     lines = [f"{record['dip']} port {record['dp']}", head, "-" * len(head)]
-    short = short_path(c["rtt_ms"] for c in record["connections"])
+    short = short_path(c.get("rtt_ms") for c in record["connections"])
     for c in record["connections"]:
         change = CookieChange.between(c["cookie_before"], c["cookie_after"])  # hex or null
         cookie = change.value if c["tfo_requested"] else "-"

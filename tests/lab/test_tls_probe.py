@@ -39,7 +39,8 @@ def test_probe_over_tls_works_with_the_client_hello_in_the_syn(lab_with, ca, tmp
 
 
 def test_probe_tls_against_a_server_that_refuses_the_certificate_check(lab_with, ca, tmp_path):
-    """A CA the server's certificate does not chain to: every connection fails, in words."""
+    """A CA the server's certificate does not chain to: every connection fails, named in
+    the probe's own options."""
     from dnstfo.lab.testca import make_test_ca
     from dnstfo.lab.topology import LabSpec
 
@@ -49,5 +50,7 @@ def test_probe_tls_against_a_server_that_refuses_the_certificate_check(lab_with,
     with dnstfo_tls(lab, ca, tmp_path / "serve.log") as served:
         run = served.dnstfo("probe", SERVER, "--tls", "--tls-ca", str(other.ca_cert))
     (record,) = [json.loads(line) for line in run.stdout.splitlines()]
-    assert record["verdict"] == "offline"
+    assert record["verdict"] == "tls-refused", record["reason"]
     assert "certificate was refused" in record["connections"][0]["error"]
+    assert "--tls-ca FILE" in record["reason"]
+    assert "+tls" not in record["reason"]
