@@ -137,6 +137,8 @@ def _run(config: ServerConfig, on_ready: Callable[[DnsServer], None] | None) -> 
     sets: list[list[ListenerPair]] = []
     tls: list[socket.socket] = []
     try:
+        if reuseport:  # again, just before binding: a server started while ours loaded
+            check_ports_free(config.listen)
         listen = config.listen
         for _ in range(config.workers):
             pairs = open_listeners(listen, tfo_queue=config.tfo_queue, key=key, reuseport=reuseport)

@@ -33,7 +33,7 @@ def test_compare_counts_a_failed_query_and_goes_on():
         comparison = compare(config, tfo_queries=2)
     assert [s.step for s in comparison.steps] == [Step.BASELINE, Step.TFO, Step.TFO]
     ((failed),) = comparison.failed
-    assert (failed.step, failed.index, failed.failure.phase) == (Step.PRIMING, 1, "response")
+    assert (failed.step, failed.index, failed.failure.phase) == (Step.PRIMING, 1, "first byte")
     assert not comparison.worked
     assert comparison.saving_ms is None
     assert "1 of 4 queries got no answer" in comparison.reason
