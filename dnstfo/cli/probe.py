@@ -126,6 +126,14 @@ def render_summary(summary: Any) -> list[str]:
     ]
     if summary.short_path:
         lines.append(f"  ({summary.short_path} targets left out: {SHORT_PATH_NOTE})")
+    if refused := summary.verdicts.get("refused"):
+        lines += [
+            "",
+            f"{refused} target{'' if refused == 1 else 's'} closed connections unanswered; "
+            "if they are one server (a lab's "
+            "--server-addresses), lower --concurrency or raise its per-client connection "
+            "limit (dnstfo serve --max-per-client)",
+        ]
     if len(summary.vantages) > 1:
         lines += [
             "",

@@ -45,3 +45,15 @@ def test_rounds_on_a_path_under_1_ms_are_left_out() -> None:
     assert summary.median_tfo_rounds is None
     summary.add(record(20.0))
     assert (summary.median_baseline_rounds, summary.median_tfo_rounds) == (2.0, 1.0)
+
+
+def test_refused_targets_get_a_hint_about_the_per_client_limit() -> None:
+    from dnstfo.cli.probe import render_summary
+
+    summary = Summary()
+    summary.add({"dip": "192.0.2.1", "dp": 53, "verdict": "works"})
+    assert not [line for line in render_summary(summary) if "max-per-client" in line]
+    summary.add({"dip": "192.0.2.2", "dp": 53, "verdict": "refused"})
+    (hint,) = [line for line in render_summary(summary) if "max-per-client" in line]
+    assert hint.startswith("1 target closed connections unanswered")
+    assert "lower --concurrency" in hint
