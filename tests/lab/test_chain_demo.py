@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
 
@@ -52,3 +54,37 @@ def test_bad_chain_options_are_usage_errors(args: list[str], says: str) -> None:
     assert result.exit_code == 2
     assert says in result.output
     assert "Traceback" not in result.output
+
+
+@requires_lab
+@pytest.mark.lab
+@pytest.mark.netadmin
+@pytest.mark.linux
+def test_forward_demo_times_the_client_on_the_wire(tmp_path: Path) -> None:
+    # The client link's share is the client's time minus the upstream's: the client's time
+    # must be its query on the wire (as the delay line saw it), not also its reads of the
+    # cookie cache, sysctls and routes before and after (a few ms on neither link).
+    from dnstfo.client.config import TfoMethod
+    from dnstfo.lab import forwarddemo
+    from dnstfo.lab.chain import FORWARDER_V4, ChainSpec, start_chain
+
+    (tmp_path / "fwd.test.zone").write_text(forwarddemo._OWN_ZONE)
+    tmp_path.chmod(0o755)
+    serve = ["--zone", str(tmp_path), "--listen", f"{FORWARDER_V4}:{forwarddemo.PORT}"]
+    with (
+        start_chain(ChainSpec(rtt_ms=CLIENT_RTT)) as chain,
+        forwarddemo._serve(chain.forwarder, serve, []),
+    ):
+        forwarddemo._ask(chain, TfoMethod.SENDTO, forwarddemo.WARM_UP)  # cookie, warm-up
+        for _ in range(3):
+            chain.client_link.clear()
+            ms, in_syn = forwarddemo._ask(chain, TfoMethod.SENDTO, forwarddemo.WARM_UP)
+            packets = [p for p in chain.client_link.packets() if p.tcp]
+            (syn,) = [p for p in packets if p.is_syn]
+            answer = [p for p in packets if p.payload_len and p.dport == syn.sport][-1]
+            assert answer.sent_ns is not None
+            wire_ms = (answer.sent_ns - syn.received_ns) / 1e6
+            assert in_syn
+            # The SYN leaves a few µs after the clock starts, the answer is read a few
+            # µs after the relay writes it: within 1 ms (the client's own reads: ~2.5).
+            assert wire_ms <= ms < wire_ms + 1.0, (ms, wire_ms)
