@@ -28,8 +28,9 @@ caller's GIL, garbage collector and test code never stall a packet.
 
 3. The loop sleeps in ``select`` until the earliest due time or the next readable device,
    then writes every packet that is due. The timer slack is set to 1 µs (``PR_SET_TIMERSLACK``)
-   and the relay runs at a real-time priority, so the wake-up is neither rounded up nor
-   queued behind busy processes; the log keeps both the read time and the write time of
+   and the relay runs at a real-time priority above the lab's timed servers and clients
+   (``netns.WIRE_PRIORITY``), so the wake-up is neither rounded up nor queued behind busy
+   processes, real-time ones included; the log keeps both the read time and the write time of
    every packet, so the accuracy is measured rather than assumed. (On a virtual machine,
    the host can still pause the whole guest for milliseconds now and then.)
 
@@ -607,12 +608,12 @@ def _relay_main(argv: list[str]) -> int:
     control = socket.socket(fileno=int(argv[0]))
     config = DelayConfig.from_json(json.loads(argv[1]))
     client_ns, server_namespaces = argv[2], argv[3:]
-    from dnstfo.lab.netns import realtime_priority, setns
+    from dnstfo.lab.netns import WIRE_PRIORITY, realtime_priority, setns
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_TIMERSLACK, 1000, 0, 0, 0)  # 1 µs: wake up on time
-        realtime_priority()  # wake up on time even when the machine is busy
+        realtime_priority(WIRE_PRIORITY)  # on time even behind busy (timed) processes
         device = os.environ.get(_DEVICE_ENV, TUN_NAME)
         setns(client_ns)
         client_fd = open_tun(device)

@@ -218,11 +218,13 @@ def demo_target(
         argv += ["--tls-cert", str(ca.cert), "--tls-key", str(ca.key)]
         server.address, server.ca_file, port = (lab.server_v4, TLS_PORT), ca.ca_cert, TLS_PORT
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    # Timed like the client and the delay line: busy processes must not delay its answers.
-    # (``ip netns exec`` execs the server in place, so the pid is the server's.)
-    realtime_priority(pid=proc.pid)
     try:
         _wait_listening(lab, proc, port)
+        # Timed like the client and the delay line: busy processes must not delay its
+        # answers. Only once it listens: a start-up (imports, zones) at real-time priority
+        # is a CPU burst that can stall the relay or push the CPU into RT throttling.
+        # (``ip netns exec`` execs the server in place, so the pid is the server's.)
+        realtime_priority(pid=proc.pid)
         log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)
         yield server
     finally:

@@ -83,7 +83,13 @@ def setns(path: str | os.PathLike[str]) -> None:
 
 
 _FIFO_PRIORITY = 10
-"""The SCHED_FIFO priority of the lab's timed processes (the delay line's too)."""
+"""The SCHED_FIFO priority of the lab's timed servers and clients."""
+
+WIRE_PRIORITY = 20
+"""The delay line's SCHED_FIFO priority: above the timed processes. A real-time process
+is not preempted by one of equal priority, so a server's or client's burst of work (a
+start-up's imports, a TLS handshake) on the relay's CPU would otherwise hold packets that
+are due, and add tens of milliseconds to a link that belongs to neither."""
 
 
 def realtime_priority(priority: int = _FIFO_PRIORITY, *, pid: int = 0) -> bool:

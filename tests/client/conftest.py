@@ -105,9 +105,11 @@ def dnstfo_serve(lab: Any, port: int = 53) -> Iterator[Served]:
     argv = ["ip", "netns", "exec", lab.server.name, *DNSTFO, "serve", "--zone", str(ZONES),
             "--listen", f"{SERVER}:{port}"]  # fmt: skip
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    realtime_priority(pid=proc.pid)  # its answers are timed: busy CPUs must not delay them
     try:
         _wait_listening(lab, port, proc)
+        # Its answers are timed: busy CPUs must not delay them (not its start-up: a CPU
+        # burst at real-time priority would stall the delay line).
+        realtime_priority(pid=proc.pid)
         yield Served(lab, proc, SERVER, port)
     finally:
         _stop(proc)
@@ -147,7 +149,7 @@ def knotd(lab: Any, tmp: Path, port: int = 53) -> Iterator[Served]:
     conf.write_text(KNOT_CONF.format(run=tmp, address=SERVER, port=port, zones=ZONES))
     argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    realtime_priority(pid=proc.pid)
+    realtime_priority(pid=proc.pid)  # before its worker threads start: they inherit it
     try:
         _wait_listening(lab, port, proc)
         yield Served(lab, proc, SERVER, port)

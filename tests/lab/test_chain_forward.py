@@ -134,10 +134,12 @@ def forwarder(lab: Any, zones: Path) -> Iterator[list[str]]:
             "--forward-cache-size", "0", "--query-log", "text",
             "--metrics", f"127.0.0.1:{METRICS}"]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    realtime_priority(pid=proc.pid)  # timed like the delay line: busy CPUs add no delay
     lines: list[str] = []
     try:
         _wait(lab.client, PORT, proc)
+        # Timed like the delay line: busy CPUs add no delay (once it listens: a start-up
+        # at real-time priority is a CPU burst that would stall the delay line).
+        realtime_priority(pid=proc.pid)
         # A fresh process's first answer pays for work done once: ask its own zone first.
         ask(lab, "ns.t.example.")
         yield lines

@@ -36,10 +36,11 @@ def dnstfo_tls(lab, ca, log: Path) -> Iterator[Served]:
             "--tls-key", str(ca.key), "--query-log", "text"]  # fmt: skip
     with log.open("wb") as err:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        # Its handshakes are timed: the TLS work must not wait behind busy processes.
-        realtime_priority(pid=proc.pid)
         try:
             _wait_listening(lab, TLS_PORT, proc)
+            # Its handshakes are timed: the TLS work must not wait behind busy processes
+            # (raised once it listens: its start-up is no timed work).
+            realtime_priority(pid=proc.pid)
             yield Served(lab, proc, SERVER, TLS_PORT)
         finally:
             _stop(proc)
