@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+import os
 import statistics
 from dataclasses import replace
 
 import pytest
 
 from dnstfo.lab.delay import Action, Direction, PacketRecord
+from dnstfo.lab.netns import WIRE_PRIORITY, realtime_priority
 from dnstfo.lab.ping import ping_exchange
 from dnstfo.lab.topology import Lab
 from tests.lab.conftest import requires_lab
@@ -118,3 +121,12 @@ def test_stats_count_what_the_log_shows_and_the_relay_keeps_time(
     assert after.late_ms_p50 < 1.0  # packets leave on time
     assert set(fresh_lab.tun_drops()) == {fresh_lab.client.name, fresh_lab.server.name}
     assert all(v == 0 for v in fresh_lab.tun_drops().values())
+
+
+def test_relay_runs_above_the_timed_processes(fresh_lab: Lab) -> None:
+    # Real-time processes of equal priority do not preempt each other: a timed server's
+    # burst of work on the relay's CPU would hold packets that are due. The relay is the
+    # wire, so it runs above what the lab times (realtime_priority's default).
+    timed = inspect.signature(realtime_priority).parameters["priority"].default
+    assert os.sched_getscheduler(fresh_lab.delay.pid) == os.SCHED_FIFO
+    assert os.sched_getparam(fresh_lab.delay.pid).sched_priority == WIRE_PRIORITY > timed
