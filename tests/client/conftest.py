@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from dnstfo.lab.netns import realtime_priority
+from tests.knot import knot_config
 
 ROOT = Path(__file__).resolve().parents[2]
 ZONES = ROOT / "zones"
@@ -115,38 +115,10 @@ def dnstfo_serve(lab: Any, port: int = 53) -> Iterator[Served]:
         _stop(proc)
 
 
-KNOT_CONF = """\
-server:
-    rundir: "{run}"
-    listen: {address}@{port}
-    tcp-fastopen: on
-    tcp-reuseport: off
-    background-workers: 1
-    tcp-workers: 1
-    udp-workers: 1
-database:
-    storage: "{run}"
-log:
-  - target: stderr
-    any: warning
-template:
-  - id: default
-    storage: "{zones}"
-    file: "%s.zone"
-    semantic-checks: off
-zone:
-  - domain: example.com
-  - domain: example.net
-"""
-
-
 @contextlib.contextmanager
 def knotd(lab: Any, tmp: Path, port: int = 53) -> Iterator[Served]:
     """Runs ``knotd`` with the zones/ zones and ``tcp-fastopen: on`` in the server namespace."""
-    if shutil.which("knotd") is None:
-        pytest.skip("needs knotd (Debian package knot; scripts/sysdeps.sh installs it)")
-    conf = tmp / "knot.conf"
-    conf.write_text(KNOT_CONF.format(run=tmp, address=SERVER, port=port, zones=ZONES))
+    conf = knot_config(tmp, SERVER, port)
     argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     realtime_priority(pid=proc.pid)  # before its worker threads start: they inherit it

@@ -12,7 +12,6 @@ the upstream's SYN data.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import sys
 import time
@@ -24,37 +23,16 @@ from typing import Any
 import pytest
 
 from dnstfo.lab.netns import realtime_priority
+from tests.knot import knot_config
 from tests.lab.conftest import lab_missing
 from tests.server.serveproc import write_zone
 
 pytestmark = [pytest.mark.lab, pytest.mark.netadmin, pytest.mark.linux]
 
-ROOT = Path(__file__).resolve().parents[2]
 DNSTFO = str(Path(sys.executable).parent / "dnstfo")
 RTT_MS = 100.0
 PORT = 5399
 METRICS = 9399
-KNOT_CONF = """\
-server:
-    rundir: "{run}"
-    listen: {address}@53
-    tcp-fastopen: on
-    background-workers: 1
-    tcp-workers: 1
-    udp-workers: 1
-database:
-    storage: "{run}"
-log:
-  - target: stderr
-    any: warning
-template:
-  - id: default
-    storage: "{zones}"
-    file: "%s.zone"
-    semantic-checks: off
-zone:
-  - domain: example.com
-"""
 
 
 def timed_query(port: int, name: str) -> tuple[float, int, list[str]]:
@@ -108,14 +86,11 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     reason = lab_missing()
     if reason:
         pytest.skip(reason)
-    if shutil.which("knotd") is None:
-        pytest.skip("needs knotd (Debian package knot; scripts/sysdeps.sh installs it)")
     from dnstfo.lab.topology import LabSpec, start_lab
 
     run = tmp_path_factory.mktemp("knot")
     with start_lab(LabSpec(rtt_ms=RTT_MS, ipv6=False)) as lab:
-        conf = run / "knot.conf"
-        conf.write_text(KNOT_CONF.format(run=run, address=lab.server_v4, zones=ROOT / "zones"))
+        conf = knot_config(run, lab.server_v4, 53)
         argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
         knot = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         realtime_priority(pid=knot.pid)

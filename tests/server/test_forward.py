@@ -7,11 +7,9 @@ The server under test serves ``test.example.`` itself and forwards everything el
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import dns.flags
 import dns.message
@@ -21,32 +19,10 @@ import dns.rdatatype
 import pytest
 
 from dnstfo.answer.forward import ForwardConfig, ForwardTransport
+from tests.knot import knot_config
 from tests.server.conftest import ServerThread
 from tests.server.serveproc import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-KNOT_CONF = """\
-server:
-    rundir: "{run}"
-    listen: 127.0.0.1@{port}
-    tcp-fastopen: on
-    background-workers: 1
-    tcp-workers: 1
-    udp-workers: 1
-database:
-    storage: "{run}"
-log:
-  - target: stderr
-    any: warning
-template:
-  - id: default
-    storage: "{zones}"
-    file: "%s.zone"
-    semantic-checks: off
-zone:
-  - domain: example.com
-  - domain: example.net
-"""
 QUESTIONS = [
     ("example.com.", "A"),
     ("example.com.", "MX"),
@@ -76,12 +52,8 @@ def _wait_answering(port: int, proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def knot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A ``knotd`` on 127.0.0.1; yields its port."""
-    if shutil.which("knotd") is None:
-        pytest.skip("needs knotd (Debian package knot; scripts/sysdeps.sh installs it)")
-    run = tmp_path_factory.mktemp("knot")
     port = free_port()
-    conf = run / "knot.conf"
-    conf.write_text(KNOT_CONF.format(run=run, port=port, zones=ROOT / "zones"))
+    conf = knot_config(tmp_path_factory.mktemp("knot"), "127.0.0.1", port)
     proc = subprocess.Popen(
         ["knotd", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
