@@ -42,7 +42,14 @@ def test_ctrl_c_keeps_finished_records(make_ns: Callable[[str], Namespace], tmp_
         targets = [f"127.0.0.2:{server.address[1]}", f"127.0.0.3:{silent.getsockname()[1]}"]
         argv = ["ip", "netns", "exec", ns.name, DNSTFO, "probe", "--timeout", "30", "-o", str(out),
                 *targets]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # As from a terminal: SIGINT at its default in the probe. A runner started in the
+        # background (CI, nohup) has SIGINT ignored, and exec would pass that on; a Python
+        # handler here is reset to the default by exec instead.
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finally:
+            signal.signal(signal.SIGINT, previous)
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and proc.poll() is None:
