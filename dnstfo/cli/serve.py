@@ -324,7 +324,9 @@ def _rrl(rate: Any, slip: Any) -> RrlConfig:
     help=f"Seconds a TCP connection may live [{_POLICY.lifetime_ns // NS_PER_S}].",
 )
 @click.option(
-    "--max-queries", type=int, help=f"Queries per TCP connection [{_POLICY.max_queries}]."
+    "--max-queries",
+    type=int,
+    help=f"Queries per TCP connection; 0: no limit [{_POLICY.max_queries}].",
 )
 @click.option(
     "--write-stall",
