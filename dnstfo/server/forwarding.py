@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dnstfo.answer.forward import ForwardConfig, add_opt
 from dnstfo.answer.responder import Reply, truncated_reply
-from dnstfo.server.upstream import LATENCY_BUCKETS_MS, Forwarder, ForwardTrace
+from dnstfo.server.forwardmetrics import ForwardStats
+from dnstfo.server.upstream import Forwarder, ForwardTrace
 
 if TYPE_CHECKING:
-    from prometheus_client.metrics_core import Metric
-
     from dnstfo.server.session import TcpSession
 
 log = logging.getLogger(__name__)
@@ -134,80 +133,10 @@ class Forwarding:
         self.forwarder.forward(query, reply.qname or ".", done)
         return True
 
+    def stats(self) -> ForwardStats:
+        """A copy of the forwarding counters (also read by the metrics thread)."""
+        return ForwardStats.of(self.forwarder, self.refused)
+
     def close(self) -> None:
         """Closes the upstream connections."""
         self.forwarder.close()
-
-
-class ForwardCollector:
-    """Prometheus metrics of the forwarder: per upstream, and the cache."""
-
-    def __init__(self, forwarding: Forwarding) -> None:
-        self._forwarding = forwarding
-
-    def describe(self) -> list[object]:
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        from prometheus_client.core import (
-            CounterMetricFamily,
-            GaugeMetricFamily,
-            HistogramMetricFamily,
-        )
-
-        from dnstfo.server.querylog import rcode_name
-
-        fwd = self._forwarding.forwarder
-        per = fwd.stats()
-        simple = {
-            "queries": "Queries sent upstream",
-            "timeouts": "Upstream queries that got no answer in time",
-            "failures": "Upstream connections that failed or sent something wrong",
-            "connections": "TCP connections opened to the upstream",
-            "syn_data_sent": "Upstream connections whose SYN carried queries (TFO)",
-            "syn_data_acked": "Upstream connections whose SYN data was acknowledged",
-            "reused": "Queries sent on an upstream connection that had answered before",
-        }
-        for name, text in simple.items():
-            family = CounterMetricFamily(f"dnstfo_upstream_{name}", text, labels=["upstream"])
-            for label, stats in per.items():
-                family.add_metric([label], getattr(stats, name))
-            yield family
-        answers = CounterMetricFamily(
-            "dnstfo_upstream_answers", "Upstream answers by RCODE", labels=["upstream", "rcode"]
-        )
-        latency = HistogramMetricFamily(
-            "dnstfo_upstream_latency_seconds", "Upstream answer time", labels=["upstream"]
-        )
-        for label, stats in per.items():
-            for rcode, n in sorted(stats.answers.items()):
-                answers.add_metric([label, rcode_name(rcode)], n)
-            buckets: list[tuple[str, float]] = []
-            total = 0
-            for i, bound in enumerate(LATENCY_BUCKETS_MS):
-                total += stats.latency[i]
-                buckets.append((str(bound / 1000), total))
-            total += stats.latency[len(LATENCY_BUCKETS_MS)]
-            buckets.append(("+Inf", total))
-            latency.add_metric([label], buckets, sum_value=stats.latency_ns / 1e9)
-        yield answers
-        yield latency
-        cache = fwd.cache
-        yield CounterMetricFamily("dnstfo_forward_cache_hits", "Forward cache hits", cache.hits)
-        yield CounterMetricFamily(
-            "dnstfo_forward_cache_misses", "Forward cache misses", cache.misses
-        )
-        yield GaugeMetricFamily("dnstfo_forward_cache_size", "Forward cache entries", len(cache))
-        yield GaugeMetricFamily(
-            "dnstfo_forward_in_flight", "Forwarded queries waiting for an upstream", fwd.in_flight
-        )
-        yield CounterMetricFamily(
-            "dnstfo_forward_overloaded",
-            "Forwarded queries answered SERVFAIL at once: too many were waiting",
-            fwd.overloaded,
-        )
-        yield CounterMetricFamily(
-            "dnstfo_forward_refused",
-            "Queries not forwarded: client outside --forward-allow",
-            self._forwarding.refused,
-        )

@@ -26,7 +26,7 @@ from dnstfo.errors import DnstfoError, NetworkError, UsageError
 from dnstfo.kernel.sockets import TfoKey, tfo_listener
 from dnstfo.server.app import DnsServer, freeze_zones, load_authority, serve_until_signalled
 from dnstfo.server.config import ServerConfig
-from dnstfo.server.forwarding import ForwardCollector
+from dnstfo.server.forwardmetrics import ForwardCollector
 from dnstfo.server.keys import generate_key, read_key_file
 from dnstfo.server.listener import (
     ListenerPair,
@@ -62,7 +62,7 @@ def _serve(
     if report_fd is None and config.metrics is not None:
         extra: list[Collector] = [] if server.tls is None else [TlsMetrics(server.tls.stats)]
         if server.forwarding is not None:
-            extra.append(ForwardCollector(server.forwarding))
+            extra.append(ForwardCollector(server.forwarding.stats))
         try:
             start_metrics_server(server.stats, config.metrics.host, config.metrics.port, extra)
         except OSError as exc:

@@ -27,7 +27,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dnstfo.answer.forward import ForwardConfig, ForwardTransport
-from dnstfo.server.forwarding import ForwardCollector
+from dnstfo.server.forwardmetrics import ForwardCollector
 from dnstfo.wire.framing import FrameDecoder, frame
 from tests.server.conftest import ServerThread
 
@@ -225,7 +225,7 @@ def test_answer_and_connection_reused(forwarder: Callable[..., ServerThread]) ->
         assert s.connections == 1
         assert s.reused == 4
         registry = CollectorRegistry()
-        registry.register(ForwardCollector(server.server.forwarding))
+        registry.register(ForwardCollector(server.server.forwarding.stats))
         text = generate_latest(registry).decode()
         label = f'upstream="127.0.0.1:{up.port}"'
         assert f"dnstfo_upstream_queries_total{{{label}}} 5.0" in text
