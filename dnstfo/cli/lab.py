@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from dnstfo.client.result import TfoReport
     from dnstfo.lab.chain import Chain, ChainSpec
     from dnstfo.lab.demo import DemoResult, DemoServer
+    from dnstfo.lab.forwarddemo import ForwardCase, ForwardDemoResult
     from dnstfo.lab.topology import Lab, LabSpec
 
 EXIT_LAB_ERROR = 1
@@ -307,16 +308,15 @@ def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> Non
         click.echo(f"building a chain: client link {spec.rtt_ms:g} ms, upstream link "
                    f"{spec.upstream_rtt_ms:g} ms RTT ...")  # fmt: skip
         result = run_forward_demo(spec, zones=zones, on_chain=_render_chain)
-    click.echo("")
-    click.echo(f"  {'case':42} {'client ms':>9} {'client link':>11} {'upstream link':>13}")
     for case in result.cases:
-        client, upstream = result.rounds(case)
-        up = "-" if upstream is None else f"{upstream:.2f} (want {case.want_upstream})"
-        click.echo(f"  {case.title:42} {case.client_ms:9.1f} "
-                   f"{client:.2f} (want {case.want_client}) {up}")  # fmt: skip
-        syn = "query in the SYN, acked" if case.client_in_syn else "query after the handshake"
-        click.echo(f"  {'':42} client: {syn}; forwarder: {case.note}")
+        click.echo("")
+        _render_forward_case(result, case)
     click.echo("")
+    click.echo("rounds: a link's time over its RTT. The client link's is the client's wait less "
+               "the time the\nforwarder held the query; the upstream link's runs from the "
+               "forwarder's first packet\nupstream to the answer's arrival; the delay lines "
+               "time both. The rest of the hold is\nthe forwarder's own work: what forwarding "
+               "cost the query beyond the upstream's rounds.\n")  # fmt: skip
     if result.story_held:
         click.echo(
             "each link took the round trips expected: TFO saves one per link, and a "
@@ -325,6 +325,25 @@ def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> Non
     else:
         click.echo("some link did not take the round trips expected (see the figures above)")
         sys.exit(EXIT_STORY_FAILED)
+
+
+def _render_forward_case(result: ForwardDemoResult, case: ForwardCase) -> None:
+    """A case of the forwarding demo: each link's rounds, and the forwarder's own work."""
+    client, upstream = result.rounds(case)
+    syn = "the query in the SYN, acked" if case.client_in_syn else "the query after the handshake"
+    click.echo(f"  {case.title}: the client waited {case.client_ms:.1f} ms")
+    click.echo(f"    client link    {client:.2f} rounds (want {case.want_client})  "
+               f"{case.client_link_ms:5.1f} ms; {syn}")  # fmt: skip
+    if upstream is None or case.upstream_ms is None or case.own_ms is None:
+        click.echo(f"    upstream link  -    (want {case.want_upstream})  no packets upstream")
+        click.echo(f"    forwarder      held the query {case.held_ms:.1f} ms")
+    else:
+        click.echo(f"    upstream link  {upstream:.2f} rounds (want {case.want_upstream})  "
+                   f"{case.upstream_ms:5.1f} ms")  # fmt: skip
+        click.echo(f"    forwarder      {case.own_ms:.1f} ms of its own work (it held the query "
+                   f"{case.held_ms:.1f} ms, {case.upstream_ms:.1f} "
+                   "on the upstream link)")  # fmt: skip
+    click.echo(f"    its log        {case.note}")
 
 
 def _render_lab(running: Lab, hints: bool = False) -> None:

@@ -10,9 +10,16 @@ client asks the forwarder for :data:`~dnstfo.lab.demo.QNAME` three ways:
    upstream connection (the forwarder restarted): the query rides in the SYN on each: 1 + 1.
 3. The same, the forwarder's upstream connection reused: 1 + 1 without any SYN upstream.
 
-The client times its query on the wire (from the connect to the answer, as the plain
-demo does; not its own reads of the kernel's state before and after); the forwarder's
-query log gives the upstream part, so the client link's share is the difference.
+Each link is timed apart, by its own delay line's packet log (both relays and the client
+read the same monotonic clock; net namespaces do not have their own). The forwarder held
+the query from the client link's relay handing it the query's last segment to that relay
+reading the answer's first segment; the client link took the client's time on the wire
+(from its connect to the answer) minus that hold. The upstream link took the time from
+its relay reading the forwarder's first packet (the SYN, or the query on a reused
+connection) to its handing over the answer's last segment. The hold minus the upstream
+link's time is the forwarder's own work on the query: what forwarding costs beyond the
+upstream's round trips. The forwarder's query log says which upstream connection it used
+and gives its own view of the upstream time.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
 from dnstfo.errors import LabError
 from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, Chain, ChainSpec, start_chain
+from dnstfo.lab.delay import Direction, PacketRecord
 from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
 from dnstfo.lab.netns import Namespace, realtime_priority
 
@@ -52,8 +60,12 @@ class ForwardCase:
     """What the case shows."""
     client_ms: float
     """The query as the client timed it on the wire: from the connect to the answer."""
+    held_ms: float
+    """How long the forwarder held the query, as the client link's delay line saw it."""
     upstream_ms: float | None
-    """The forwarder's time to the upstream (None: no log line)."""
+    """The upstream exchange as the upstream link's delay line saw it (None: no packets)."""
+    logged_upstream_ms: float | None
+    """The forwarder's own upstream time, from its query log (None: no log line)."""
     note: str
     """The forwarder's query log note (upstream, fresh or reused, SYN data)."""
     client_in_syn: bool
@@ -62,6 +74,16 @@ class ForwardCase:
     """Round trips expected on the client link."""
     want_upstream: int
     """Round trips expected on the upstream link."""
+
+    @property
+    def client_link_ms(self) -> float:
+        """The client's time on the wire less the forwarder's hold: the client link's part."""
+        return self.client_ms - self.held_ms
+
+    @property
+    def own_ms(self) -> float | None:
+        """The forwarder's own work on the query: its hold less the upstream link's time."""
+        return None if self.upstream_ms is None else self.held_ms - self.upstream_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,14 +97,14 @@ class ForwardDemoResult:
 
     def rounds(self, case: ForwardCase) -> tuple[float, float | None]:
         """(client link, upstream link) round trips of a case."""
-        if case.upstream_ms is None:
-            return case.client_ms / self.spec.rtt_ms, None
-        upstream = case.upstream_ms / self.spec.upstream_rtt_ms
-        return (case.client_ms - case.upstream_ms) / self.spec.rtt_ms, upstream
+        upstream = (
+            None if case.upstream_ms is None else case.upstream_ms / self.spec.upstream_rtt_ms
+        )
+        return case.client_link_ms / self.spec.rtt_ms, upstream
 
     @property
     def story_held(self) -> bool:
-        """Every case took the round trips expected on each link (within half a round)."""
+        """Every case took the round trips expected on each link (to the nearest round)."""
         for case in self.cases:
             client, upstream = self.rounds(case)
             if upstream is None or abs(upstream - case.want_upstream) >= 0.5:
@@ -150,7 +172,7 @@ def run_forward_demo(
 
     Raises:
         PermissionNeeded: not root or no /dev/net/tun.
-        LabError: the chain or a server failed.
+        LabError: the chain or a server failed, or a link's packets were not as expected.
         DnstfoError: a query failed outright.
     """
     with tempfile.TemporaryDirectory(prefix="dtfo-fwd-") as tmp, start_chain(spec) as chain:
@@ -163,7 +185,6 @@ def run_forward_demo(
         upstream = ["--zone", str(zones), "--listen", f"{UPSTREAM_V4}:{PORT}"]
         if on_chain is not None:
             on_chain(chain)
-        cases: list[ForwardCase] = []
         ignored: list[str] = []
         with _serve(chain.upstream, upstream, ignored):
             tfo_off = {"net.ipv4.tcp_fastopen": "0"}
@@ -173,8 +194,8 @@ def run_forward_demo(
             log: list[str] = []
             with _serve(chain.forwarder, forwarder, log):
                 _ask(chain, TfoMethod.OFF, WARM_UP)
-                plain = _ask(chain, TfoMethod.OFF)
-            cases.append(_case("Fast Open off, fresh connections", plain, log, 2, 2))
+                plain = _timed(chain, TfoMethod.OFF)
+            plain_case = _case("Fast Open off, fresh connections", plain, _forwarded(log), 2, 2)
             for ns in (chain.client, chain.forwarder):
                 ns.write_sysctls(tfo_on)
             with _serve(chain.forwarder, forwarder, ignored):
@@ -182,35 +203,108 @@ def run_forward_demo(
             log = []
             with _serve(chain.forwarder, forwarder, log):
                 _ask(chain, TfoMethod.SENDTO, WARM_UP)
-                fresh = _ask(chain, TfoMethod.SENDTO)
-                reused = _ask(chain, TfoMethod.SENDTO)
-            cases.append(_case("Fast Open on both links, cookies cached", fresh, log[:], 1, 1))
-            log_rest = _forwarded(log)[1:]
-            cases.append(
-                _case("Fast Open, upstream connection reused", reused, log, 1, 1, log_rest)
+                fresh = _timed(chain, TfoMethod.SENDTO)
+                reused = _timed(chain, TfoMethod.SENDTO)
+            entries = _forwarded(log)
+            cases = (
+                plain_case,
+                _case("Fast Open on both links, cookies cached", fresh, entries[:1], 1, 1),
+                _case("Fast Open, upstream connection reused", reused, entries[1:], 1, 1),
             )
-    return ForwardDemoResult(spec, tuple(cases))
+    return ForwardDemoResult(spec, cases)
 
 
-def _ask(chain: Chain, tfo: TfoMethod, qname: str = QNAME) -> tuple[float, bool]:
-    """One query from the client namespace: (ms on the wire, query in the SYN and acked)."""
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """One query from the client namespace, as the client saw it."""
+
+    wire_ms: float
+    """From the connect to the answer."""
+    in_syn: bool
+    """The query went in the SYN and was acknowledged."""
+    port: int
+    """The client's TCP port."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Timed:
+    """One query, timed by the client and by both delay lines."""
+
+    asked: _Asked
+    """What the client saw."""
+    held_ms: float
+    """See :attr:`ForwardCase.held_ms`."""
+    upstream_ms: float | None
+    """See :attr:`ForwardCase.upstream_ms`."""
+
+
+def _ask(chain: Chain, tfo: TfoMethod, qname: str = QNAME) -> _Asked:
+    """One query from the client namespace."""
     config = QueryConfig(qname=qname, server=FORWARDER_V4, port=PORT, tfo=tfo)
     result = chain.client.run(exchange, config, timeout=30.0, realtime=True)
     # Not ``elapsed_ms``: that also holds the client's reads of its cookie cache, sysctls
     # and routes (netlink), a few ms of work on neither link.
     wire_ms = result.tfo.timings.total_ms
     assert wire_ms is not None  # an answered query has a total
-    return wire_ms, bool(result.tfo.after.attempted and result.tfo.after.syn_data_acked)
+    in_syn = bool(result.tfo.after.attempted and result.tfo.after.syn_data_acked)
+    return _Asked(wire_ms, in_syn, result.source[1])
+
+
+def _timed(chain: Chain, tfo: TfoMethod) -> _Timed:
+    """Asks :data:`QNAME` with both links' packet logs cleared first, and reads them after."""
+    chain.client_link.clear()
+    chain.upstream_link.clear()
+    asked = _ask(chain, tfo)
+    held_ns = _held_ns(chain.client_link.packets(), asked.port)
+    upstream_ns = _upstream_ns(chain.upstream_link.packets())
+    upstream_ms = None if upstream_ns is None else upstream_ns / 1e6
+    return _Timed(asked, held_ns / 1e6, upstream_ms)
+
+
+def _held_ns(packets: list[PacketRecord], port: int) -> int:
+    """How long the server side of the client link held the query of the client at ``port``:
+    from the relay's write of the query's last segment to its read of the answer's first."""
+    answer = next((p for p in packets if p.tcp and p.dport == port and p.payload_len), None)
+    if answer is None:
+        raise LabError("the client link's log has no answer to the client's query")
+    query = [p for p in packets if p.tcp and p.sport == port and p.payload_len
+             and p.sent_ns is not None and p.sent_ns < answer.received_ns]  # fmt: skip
+    if not query:
+        raise LabError("the client link's log has no query before the answer")
+    return answer.received_ns - max(p.sent_ns or 0 for p in query)
+
+
+def _upstream_ns(packets: list[PacketRecord]) -> int | None:
+    """The forwarder's upstream exchange on the wire: from the relay's read of its first
+    packet (a SYN, or the query on a reused connection) to its write of the answer's last
+    segment. None: the forwarder sent nothing upstream."""
+    first = next((p for p in packets if p.direction is Direction.C2S and p.tcp
+                  and (p.is_syn or p.payload_len)), None)  # fmt: skip
+    if first is None:
+        return None
+    answer = [p.sent_ns for p in packets if p.direction is Direction.S2C and p.tcp
+              and p.dport == first.sport and p.payload_len and p.sent_ns is not None]  # fmt: skip
+    if not answer:
+        raise LabError("the upstream link's log has no answer to the forwarder")
+    return max(answer) - first.received_ns
 
 
 def _case(
     title: str,
-    asked: tuple[float, bool],
-    log: list[str],
+    timed: _Timed,
+    entries: list[tuple[float | None, str]],
     want_client: int,
     want_upstream: int,
-    entries: list[tuple[float | None, str]] | None = None,
 ) -> ForwardCase:
-    found = entries if entries is not None else _forwarded(log)
-    upstream_ms, note = found[0] if found else (None, "(no log line)")
-    return ForwardCase(title, asked[0], upstream_ms, note, asked[1], want_client, want_upstream)
+    logged_ms, note = entries[0] if entries else (None, "(no log line)")
+    return ForwardCase(
+        title=title,
+        client_ms=timed.asked.wire_ms,
+        held_ms=timed.held_ms,
+        upstream_ms=timed.upstream_ms,
+        logged_upstream_ms=logged_ms,
+        note=note,
+        client_in_syn=timed.asked.in_syn,
+        want_client=want_client,
+        want_upstream=want_upstream,
+    )
