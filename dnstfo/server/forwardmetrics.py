@@ -85,14 +85,21 @@ class ForwardStats:
         counts["upstreams"] = upstreams
         return counts
 
-    def add(self, snapshot: dict[str, Any]) -> None:
+    def add(self, snapshot: dict[str, Any], *, gauges: bool = True) -> None:
         """Adds the counters of a :meth:`snapshot` to these.
+
+        Args:
+            snapshot: what :meth:`snapshot` returned, through JSON.
+            gauges: add the gauges too (not for a worker that has exited: its cache and
+                queue are gone).
 
         Raises:
             KeyError, TypeError, ValueError: not a snapshot.
         """
         for name in _SCALARS:
-            setattr(self, name, getattr(self, name) + int(snapshot[name]))
+            n = int(snapshot[name])
+            if gauges or name not in _GAUGES:
+                setattr(self, name, getattr(self, name) + n)
         for label, values in snapshot["upstreams"].items():
             *ints, answers, buckets = values
             if len(ints) != len(_UPSTREAM_INTS) or len(answers) % 2:
@@ -111,6 +118,8 @@ class ForwardStats:
 
 _SCALARS = tuple(f.name for f in fields(ForwardStats) if f.type == "int")
 """The plain integer counters of :class:`ForwardStats`."""
+_GAUGES = frozenset({"cache_size", "in_flight"})
+"""Those that say what a process holds now, not what it counted."""
 
 _UPSTREAM_HELP = {
     "queries": "Queries sent upstream",

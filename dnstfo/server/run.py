@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from dnstfo.server.pidfile import remove_pidfile, write_pidfile
 from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.supervisor import Supervisor
 from dnstfo.server.tls import TlsMetrics, server_context
-from dnstfo.server.workerstats import report_periodically, write_snapshot
+from dnstfo.server.workerstats import ReportWriter, report_periodically, snapshot_line
 
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
@@ -69,10 +68,13 @@ def _serve(
             raise NetworkError.from_oserror(f"serving metrics on {config.metrics}", exc) from exc
         log.info("metrics on http://%s/metrics", config.metrics)
 
+    writer = ReportWriter(report_fd) if report_fd is not None else None
+    forward = server.forwarding.stats if server.forwarding is not None else None
+
     async def serve() -> None:
         reporter = None
-        if report_fd is not None:
-            reporter = asyncio.create_task(report_periodically(server.stats, report_fd))
+        if writer is not None:
+            reporter = asyncio.create_task(report_periodically(server.stats, writer, forward))
         try:
             await serve_until_signalled(server, on_ready=on_ready)
         finally:
@@ -80,10 +82,8 @@ def _serve(
                 reporter.cancel()
 
     asyncio.run(serve())
-    if report_fd is not None:  # the final counters
-        os.set_blocking(report_fd, True)
-        write_snapshot(server.stats, report_fd)
-        os.close(report_fd)
+    if writer is not None:  # the final counters
+        writer.close(snapshot_line(server.stats, forward() if forward is not None else None))
 
 
 def startup_key(config: ServerConfig) -> TfoKey | None:

@@ -34,14 +34,19 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dnstfo.errors import DnstfoError, NetworkError
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.kernel.sysctl import read_counters
 from dnstfo.server.config import Endpoint, ServerConfig
+from dnstfo.server.forwardmetrics import ForwardCollector
 from dnstfo.server.listener import ListenerPair, open_listeners
 from dnstfo.server.stats import start_metrics_server
 from dnstfo.server.workerstats import REPORT_INTERVAL_S, WorkerReports
+
+if TYPE_CHECKING:
+    from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +160,10 @@ class Supervisor:
         metrics = self.config.metrics
         assert metrics is not None
         try:
-            start_metrics_server(
-                self.reports.total, metrics.host, metrics.port, extra=[self.reports.collector()]
-            )
+            extra: list[Collector] = [self.reports.collector()]
+            if self.config.forward.enabled:
+                extra.append(ForwardCollector(self.reports.forward_total))
+            start_metrics_server(self.reports.total, metrics.host, metrics.port, extra)
         except OSError as exc:
             raise NetworkError.from_oserror(f"serving metrics on {metrics}", exc) from exc
         log.info("metrics on http://%s/metrics", metrics)

@@ -1,13 +1,18 @@
 """The counters and liveness of ``--workers N`` processes, kept by the supervisor.
 
-Each worker writes a snapshot of its counters (one JSON line) to its own pipe every
-``REPORT_INTERVAL_S`` and once more when it stops. The supervisor feeds what it reads to
-:class:`WorkerReports`, which keeps each worker's latest line and sums them when
-Prometheus scrapes and for the summary at exit, so the metrics are at most one interval
-behind. A line is at most a few hundred bytes, well under PIPE_BUF, so each write is
-atomic; when the pipe is full the snapshot is skipped (the next one carries the same
-counters and more). A worker that dies keeps its last report in the sum: its successor
-starts from zero.
+Each worker writes a snapshot of its counters (one JSON line: its :class:`ServerStats`,
+and under ``forward`` its :class:`~dnstfo.server.forwardmetrics.ForwardStats` when it
+forwards) to its own pipe every ``REPORT_INTERVAL_S`` and once more when it stops. The
+supervisor feeds what it reads to :class:`WorkerReports`, which keeps each worker's latest
+line and sums them when Prometheus scrapes and for the summary at exit, so the metrics are
+at most one interval behind. A line is usually well under PIPE_BUF (4096 bytes: about 250
+bytes of server counters and 100 to 400 per upstream), so the kernel writes it whole or
+not at all; when the pipe is full the snapshot is skipped (the next one carries the same
+counters and more). A longer line (past 8 upstreams with large counters) may be written
+in part: :class:`ReportWriter` then finishes it before writing any other, so the
+supervisor never reads a mixed line (each pipe has one writer: nothing else comes between
+the parts). A worker that dies keeps its last report's counters in the sum, but not its
+gauges: its successor starts from zero.
 
 The reports double as a heartbeat: a worker whose loop is stuck (or stopped) falls
 silent, and the supervisor restarts it (see :mod:`~dnstfo.server.supervisor`).
@@ -22,10 +27,11 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from dnstfo.kernel.sysctl import FastOpenCounters
+from dnstfo.server.forwardmetrics import ForwardStats
 from dnstfo.server.stats import ServerStats
 
 if TYPE_CHECKING:
@@ -37,18 +43,63 @@ REPORT_INTERVAL_S = 1.0
 """How often a worker reports its counters."""
 
 
-def write_snapshot(stats: ServerStats, fd: int) -> None:
-    """Writes one snapshot line to the supervisor (skipped when the pipe is full)."""
-    line = json.dumps(stats.snapshot(), separators=(",", ":")).encode() + b"\n"
-    with contextlib.suppress(BlockingIOError, BrokenPipeError):
-        os.write(fd, line)
+def snapshot_line(stats: ServerStats, forward: ForwardStats | None = None) -> bytes:
+    """One report: the counters as a JSON line."""
+    counts = stats.snapshot()
+    if forward is not None:
+        counts["forward"] = forward.snapshot()
+    return json.dumps(counts, separators=(",", ":")).encode() + b"\n"
 
 
-async def report_periodically(stats: ServerStats, fd: int) -> None:
-    """Reports ``stats`` on ``fd`` every ``REPORT_INTERVAL_S`` until cancelled."""
-    os.set_blocking(fd, False)
+class ReportWriter:
+    """Writes report lines to the supervisor's pipe, whole, without blocking the loop.
+
+    Args:
+        fd: the pipe's write end (made non-blocking here).
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        os.set_blocking(fd, False)
+        self._rest = b""
+        """The end of a line the full pipe cut short, to write before any other."""
+
+    def write(self, line: bytes) -> None:
+        """Writes ``line``, or skips it when the pipe is full (or an earlier line's end
+        still does not fit)."""
+        if self._rest:
+            self._rest = self._rest[self._send(self._rest) :]
+            if self._rest:
+                return
+        sent = self._send(line)
+        self._rest = line[sent:] if sent else b""
+
+    def close(self, last: bytes) -> None:
+        """Writes the rest of a cut line and the ``last`` one, waiting for room, then
+        closes the pipe."""
+        os.set_blocking(self.fd, True)
+        data = self._rest + last
+        with contextlib.suppress(BrokenPipeError):
+            while data:
+                data = data[os.write(self.fd, data) :]
+        os.close(self.fd)
+
+    def _send(self, data: bytes) -> int:
+        try:
+            return os.write(self.fd, data)
+        except BlockingIOError:
+            return 0
+        except BrokenPipeError:  # the supervisor is gone: nobody reads
+            return len(data)
+
+
+async def report_periodically(
+    stats: ServerStats, writer: ReportWriter, forward: Callable[[], ForwardStats] | None = None
+) -> None:
+    """Reports ``stats`` (and the ``forward`` counters) every ``REPORT_INTERVAL_S`` until
+    cancelled."""
     while True:
-        write_snapshot(stats, fd)
+        writer.write(snapshot_line(stats, forward() if forward is not None else None))
         await asyncio.sleep(REPORT_INTERVAL_S)
 
 
@@ -86,6 +137,8 @@ class WorkerReports:
             try:
                 snapshot = json.loads(line)
                 ServerStats().add(snapshot)  # check it before keeping it
+                if "forward" in snapshot:
+                    ForwardStats().add(snapshot["forward"])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.warning("bad counters from worker %d: %s", index, exc)
                 continue
@@ -114,6 +167,18 @@ class WorkerReports:
             snapshots = [*self._retired, *self._latest.values()]
         for snapshot in snapshots:
             total.add(snapshot)
+        return total
+
+    def forward_total(self) -> ForwardStats:
+        """The sum of every worker's forwarding counters, as :meth:`total`; the gauges
+        (cache size, queries in flight) of the running workers only."""
+        total = ForwardStats()
+        with self._lock:
+            retired, latest = list(self._retired), list(self._latest.values())
+        for snapshots, running in ((retired, False), (latest, True)):
+            for snapshot in snapshots:
+                if "forward" in snapshot:
+                    total.add(snapshot["forward"], gauges=running)
         return total
 
     def collector(self) -> WorkerCollector:

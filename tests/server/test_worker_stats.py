@@ -6,7 +6,7 @@ import json
 import os
 
 from dnstfo.server.stats import Limit, ServerStats
-from dnstfo.server.workerstats import WorkerReports, write_snapshot
+from dnstfo.server.workerstats import ReportWriter, WorkerReports, snapshot_line
 
 
 def _stats(queries: int, limit_hits: int) -> ServerStats:
@@ -24,8 +24,9 @@ def test_latest_snapshots_of_each_worker_are_summed() -> None:
     reports.started(0, restart=False)
     reports.started(1, restart=False)
     read_end, write_end = os.pipe()
-    write_snapshot(_stats(5, 1), write_end)
-    write_snapshot(_stats(7, 0), write_end)  # replaces the worker's earlier report
+    writer = ReportWriter(write_end)
+    writer.write(snapshot_line(_stats(5, 1)))
+    writer.write(snapshot_line(_stats(7, 0)))  # replaces the worker's earlier report
     os.close(write_end)
     data = os.read(read_end, 65536)
     os.close(read_end)
