@@ -175,7 +175,7 @@ def test_workers_serve_the_sum_of_their_forwarding_metrics(tmp_path: Path) -> No
     upstream = f"127.0.0.1:{up_port}"
     label = f'{{upstream="{upstream}"}}'
     names = [f"q{i}.u.example." for i in range(40)]
-    up_args = ["--zone", str(tmp_path / "up"), "--listen", upstream]
+    up_args = ["--zone", str(tmp_path / "up"), "--listen", upstream, "--idle-timeout", "60"]
     args = ["--zone", str(tmp_path / "own"), "--listen", f"127.0.0.1:{port}", "--workers", "2"]
     args += ["--forward", upstream, "--metrics", f"127.0.0.1:{metrics_port}"]
     with ServeProcess(up_args) as up, ServeProcess(args) as server:
