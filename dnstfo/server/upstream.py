@@ -73,6 +73,8 @@ LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the upstream latency histogram."""
 _RECV = 65536
 _SERVFAIL = 2
+_NOT_AA = tuple(bytes((b & ~0x04,)) for b in range(256))
+"""The third header byte with AA cleared, by its value."""
 
 
 @dataclass(slots=True)
@@ -423,6 +425,9 @@ class Forwarder:
         if stripped is not wire:
             wire = stripped
             scan = scan_response(wire)
+        # AA cleared: we are not the authority of a forwarded name (RFC 1035 §4.1.1), and
+        # what the cache serves is never authoritative (RFC 2181 §5.4.1). RA stays as sent.
+        wire = wire[:2] + _NOT_AA[wire[2]] + wire[3:]
         if q.key is not None:
             self.cache.put(q.key, wire, scan, self.clock())
         qend = q.qend

@@ -151,3 +151,24 @@ def test_start_log_names_upstreams_and_acl(
         f"forwarding names outside our zones to 127.0.0.1:{knot} over TCP (Fast Open, "
         "kept open), cache 5, for 127.0.0.0/8, ::1/128" in caplog.text
     )
+
+
+def test_forwarded_answers_are_not_authoritative(
+    forwarder: Callable[..., ServerThread], knot: int
+) -> None:
+    """Knot is the authority and sets AA; we are not, so a forwarded answer, fresh or from
+    the forward cache, has AA clear (RFC 1035 §4.1.1, RFC 2181 §5.4.1); RA is Knot's."""
+    server = forwarder()
+    direct = _tcp(("127.0.0.1", knot), "example.com.", "A")
+    assert dns.flags.AA in direct.flags
+    fresh = _tcp(server.address, "example.com.", "A")
+    hit = _tcp(server.address, "example.com.", "A")
+    query = dns.message.make_query("example.com.", "A")
+    over_udp = dns.query.udp(query, server.address[0], port=server.address[1], timeout=5)
+    cache = server.server.forwarding.forwarder.cache
+    assert (cache.hits, cache.misses) == (2, 1)  # a hit counted once, the miss once
+    for got in (fresh, hit, over_udp):
+        assert got.rcode() == dns.rcode.NOERROR
+        assert _sections(got) == _sections(direct)
+        assert dns.flags.AA not in got.flags
+        assert (dns.flags.RA in got.flags) == (dns.flags.RA in direct.flags)
