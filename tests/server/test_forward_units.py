@@ -248,3 +248,34 @@ def test_set_keepalive_strips_and_asks() -> None:
     assert set_keepalive(plain, ask=True) == plain
     no_option = dns.message.make_query("www.example.org.", "A", use_edns=0).to_wire()
     assert set_keepalive(no_option, ask=False) == no_option
+
+
+def test_cache_key_fast_path_equals_the_general_one() -> None:
+    """The one-pass key of the usual query shape is the key the general path (options
+    stripped, payload size cut out) gives; other shapes take the general path."""
+    from dnstfo.answer.forward import opt_rdata, question_end, strip_options
+
+    def general(wire: bytes) -> bytes:
+        end = question_end(wire)
+        wire = strip_options(wire)
+        span = opt_rdata(wire)
+        if span is not None:
+            wire = wire[: span[0] - 8] + wire[span[0] - 6 :]
+        return wire[2:12] + wire[12:end].lower() + wire[end:]
+
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"12345678")
+    keepalive = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"")
+    padding = dns.edns.GenericOption(dns.edns.OptionType.PADDING, bytes(7))
+    subnet = dns.edns.ECSOption("192.0.2.0", 24)
+    shapes = [[], [cookie], [keepalive, padding], [subnet], [padding, subnet, cookie]]
+    wires = [dns.message.make_query("WwW.Example.org.", "AAAA").to_wire()]
+    for options in shapes:
+        for do in (False, True):
+            query = dns.message.make_query(
+                "WwW.Example.org.", "AAAA", use_edns=0, want_dnssec=do, options=options
+            )
+            wires.append(query.to_wire())
+    wires.append(wires[-1] + b"\x00")  # trailing byte: the general path
+    for wire in wires:
+        assert cache_key(wire) == general(wire)
+    assert len({cache_key(w) for w in wires[:-1]}) == 5  # EDNS, DO and subnet count
