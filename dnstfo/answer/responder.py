@@ -15,7 +15,9 @@ Theory of operation, in the order the checks run:
 5. AXFR and IXFR: see ``transfer`` (TCP only, allow list, default nobody).
 6. Everything else goes to ``Authority.answer``. A REFUSED for a name outside our zones is
    marked ``Reply.forwardable``: this is the seam where a forwarder takes over, by sending
-   the query upstream instead of the reply. The responder itself never does I/O.
+   the query upstream instead of the reply. The responder itself never does I/O: it only
+   asks the forwarder's cache through the ``forwarded`` hook (see ``ForwardLookup``), and a
+   hit is the reply, no longer forwardable, with a note for the query log.
 7. EDNS on the way out: an OPT echoes the query's (our payload size, DO copied, RFC 3225 §3;
    no options). UDP responses fit the client's payload size, at least 512 and at most ours
    (RFC 6891 §6.2.5); a response that does not fit loses its additional section if that is
@@ -26,7 +28,10 @@ Theory of operation, in the order the checks run:
 
 The hot path is the cache (see ``cache``): a plain query whose bytes were seen before, with
 the same transport and size limit, gets the stored response with its ID patched in, without
-any dnspython parsing. Replacing the authority (a reload) starts an empty cache.
+any dnspython parsing. Replacing the authority (a reload) starts an empty cache. A stored
+forwardable REFUSED is the same kind of hit: the ``forwarded`` hook is then asked, and the
+forward cache's answer (ID and question case patched in, TTLs counted down, no parse) is
+returned on this path, so a forwarded name asked again costs two lookups and no deferral.
 
 On a miss, a plain query for a name or type that does not exist is answered from the
 negative index (see ``negative``), again without dnspython, and stored in a cache of its
@@ -38,7 +43,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -98,10 +103,31 @@ class Reply(NamedTuple):
     """Further messages to send after ``wire`` (the rest of a zone transfer, TCP only),
     each rendered when the iteration reaches it: take them as the socket drains."""
     cached: bool = False
-    """The response came from the answer cache."""
+    """The response came from the answer cache or the forwarder's cache."""
     forwardable: bool = False
     """REFUSED only because the name is outside our zones: a forwarder may answer instead."""
+    note: str | None = None
+    """How the answer was obtained, for the query log (``forward=cache``), or None."""
 
+
+class CachedForward(NamedTuple):
+    """A forwarder's cached answer, given at once (see ``Responder.forwarded``).
+
+    A NamedTuple like :class:`Reply`: one is built per forward-cache hit.
+    """
+
+    wire: bytes
+    """The response: the query's ID and question, TTLs counted down, AA clear, within
+    the transport's size limit."""
+    rcode: dns.rcode.Rcode
+    """Its RCODE."""
+    note: str
+    """How it was obtained, for the query log."""
+
+
+ForwardLookup = Callable[[bytes, Transport, str | None], CachedForward | None]
+"""``(query, transport, client)`` to a forwarder's cached answer, or None (not cached, or
+the client may not forward): the query then stays forwardable."""
 
 _NO_REPLY = Reply(None, None, None, None)
 _new_reply = tuple.__new__  # Reply(...) without the keyword-handling wrapper, for hits
@@ -132,16 +158,25 @@ class Responder:
     authority: the cache belongs to one authority generation and starts empty.
     """
 
-    __slots__ = ("_current", "_udp_default", "_udp_max", "config")
+    __slots__ = ("_current", "_udp_default", "_udp_max", "config", "forwarded")
 
-    def __init__(self, authority: Authority, config: ResponderConfig | None = None) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        config: ResponderConfig | None = None,
+        forwarded: ForwardLookup | None = None,
+    ) -> None:
         """Makes a responder.
 
         Args:
             authority: the zones to answer from.
             config: response policy; defaults to :class:`ResponderConfig()`.
+            forwarded: asked for each forwardable query; its cached answer is the
+                reply (None: forwardable queries are left to the caller).
         """
         self.config = config or ResponderConfig()
+        self.forwarded = forwarded
+        """The forwarder's cache lookup (see ``ForwardLookup``); may be set later."""
         self._udp_max = self.config.udp_payload
         self._udp_default = self.config.udp_default
         self._current = self._generation(authority)
@@ -196,6 +231,12 @@ class Responder:
         if key is not None:
             hit = cache.get(key) or negative_cache.get(key)
             if hit is not None:
+                if hit.forwardable and self.forwarded is not None:
+                    got = self.forwarded(wire, transport, client)
+                    if got is not None:
+                        return _new_reply(
+                            Reply, (got[0], got[1], hit.qname, hit.qtype, (), True, False, got[2])
+                        )
                 return _new_reply(
                     Reply,
                     (
@@ -206,6 +247,7 @@ class Responder:
                         (),
                         True,
                         hit.forwardable,
+                        None,
                     ),
                 )
             if negatives is not None:
@@ -219,6 +261,12 @@ class Responder:
             entry = _cache_entry(reply)
             if entry is not None:
                 cache.put(key, entry)
+        if reply.forwardable and self.forwarded is not None:
+            got = self.forwarded(wire, transport, client)
+            if got is not None:
+                return Reply(
+                    got.wire, got.rcode, reply.qname, reply.qtype, cached=True, note=got.note
+                )
         return reply
 
     def respond_many(

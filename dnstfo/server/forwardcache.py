@@ -1,6 +1,14 @@
 """The forwarder's cache: upstream answers by query bytes, kept for their TTL.
 
-Theory of operation. The key is what the answer depends on: the query's flags (RD, AD,
+Theory of operation. This is the one store of forwarded answers (TTL, LRU, counters);
+the server asks it and puts into it, and keeps nothing of its own. Every query the
+authority refuses only because its name is outside our zones is looked up once, by the
+responder's ``forwarded`` hook (``Forwarding.cached`` → ``Forwarder.cached``), while
+the query is answered: a hit is the reply at once, like a local answer. Only a miss is
+forwarded (the forwarder reuses the key of that lookup and does not count the miss
+again), and the upstream's answer, AA cleared, is put here.
+
+The key is what the answer depends on: the query's flags (RD, AD,
 CD), its question with the name in lower case, and its additional section without the
 EDNS options of one client-server pair (COOKIE, PADDING, edns-tcp-keepalive; the
 forwarder never passes them upstream, see ``HOP_BY_HOP``) and without the UDP payload

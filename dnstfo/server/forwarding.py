@@ -1,11 +1,22 @@
 """Glue between the transports and the forwarder: who is forwarded, and how answers return.
 
-The TCP session offers each query the authority refused only because its name is outside
-our zones (``Reply.forwardable``) to :meth:`Forwarding.defer_tcp` (the session's
-``Deferrer``); the UDP driver calls :meth:`Forwarding.forward_udp`. A client outside
-``--forward-allow`` keeps its REFUSED. An answer comes back later, in any order, through
-``TcpSession.deliver`` (which writes nothing if the client closed meanwhile) or a datagram
-cut to the client's UDP size (TC set when it does not fit, RFC 1035 §4.2.1).
+Theory of operation. A query the authority refused only because its name is outside our
+zones (``Reply.forwardable``) goes two ways:
+
+- A cache hit is answered at once, on the path of a local answer: the responder asks
+  :meth:`Forwarding.cached` (its ``forwarded`` hook) and, for a client inside
+  ``--forward-allow``, gets the forward cache's copy (ID and question case patched in,
+  TTLs counted down; see ``forwardcache``) as a plain reply noted ``forward=cache`` in
+  the query log, cut to the client's UDP size. No deferral, no loop callback: on TCP it
+  goes out in the same write as the answers to the queries read with it.
+- Anything else stays forwardable: the TCP session offers it to
+  :meth:`Forwarding.defer_tcp` (the session's ``Deferrer``), the UDP driver to
+  :meth:`Forwarding.forward_udp`. A client outside ``--forward-allow`` keeps its
+  REFUSED. The forwarder does not look a query up again that just missed; its answer
+  comes back later, in any order, through ``TcpSession.deliver`` (which writes nothing
+  if the client closed meanwhile) or a datagram, and is put into the cache.
+
+UDP answers are cut to the client's size (TC set when they do not fit, RFC 1035 §4.2.1).
 """
 
 from __future__ import annotations
@@ -15,8 +26,10 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dns.rcode import Rcode
+
 from dnstfo.answer.forward import ForwardConfig, add_opt
-from dnstfo.answer.responder import Reply, truncated_reply
+from dnstfo.answer.responder import CachedForward, Reply, Transport, truncated_reply
 from dnstfo.server.forwardmetrics import ForwardStats
 from dnstfo.server.upstream import Forwarder, ForwardTrace
 
@@ -26,12 +39,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _OPT = 41
+_UDP = Transport.UDP
+_RCODES = tuple(map(Rcode, range(16)))
+CACHE_NOTE = "forward=cache"
+"""The query log's note on an answer from the forward cache."""
 
 
 def describe(trace: ForwardTrace) -> str:
     """The query log's note on a forwarded answer: ``upstream=ADDR fresh|reused ...``."""
     if trace.cached:
-        return "forward=cache"
+        return CACHE_NOTE
     if trace.upstream is None:
         return "forward=failed"
     parts = [f"upstream={trace.upstream}"]
@@ -85,6 +102,28 @@ class Forwarding:
             ", ".join(map(str, config.allow)),
         )
 
+    def cached(
+        self, query: bytes, transport: Transport, client: str | None
+    ) -> CachedForward | None:
+        """The responder's ``forwarded`` hook: the forward cache's answer to a forwardable
+        query, now (cut to the client's size over UDP); None: a miss, or a client outside
+        ``--forward-allow`` (the query then goes to :meth:`defer_tcp` or
+        :meth:`forward_udp`, which refuse or forward it)."""
+        if not self.config.allows(client):
+            return None
+        wire = self.forwarder.cached(query)
+        if wire is None:
+            return None
+        if transport is _UDP:
+            wire = self._fit_udp(wire, query, udp_limit(query, self.udp_payload))
+        return CachedForward(wire, _RCODES[wire[3] & 0xF], CACHE_NOTE)
+
+    def _fit_udp(self, wire: bytes, query: bytes, limit: int) -> bytes:
+        """``wire``, or header and question with TC set when it is over ``limit``."""
+        if len(wire) > limit:
+            return add_opt(truncated_reply(query) or wire[:12], query, self.udp_payload)
+        return wire
+
     def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
         """The TCP session's ``Deferrer``: True when the query went upstream."""
         if not self.config.allows(session.client):
@@ -126,9 +165,7 @@ class Forwarding:
         limit = udp_limit(query, self.udp_payload)
 
         def done(wire: bytes, trace: ForwardTrace) -> None:
-            if len(wire) > limit:
-                wire = add_opt(truncated_reply(query) or wire[:12], query, self.udp_payload)
-            send(wire, describe(trace))
+            send(self._fit_udp(wire, query, limit), describe(trace))
 
         self.forwarder.forward(query, reply.qname or ".", done)
         return True

@@ -482,7 +482,7 @@ class TcpSession:
         if from_syn:
             stats.syn_data_queries += 1
         if self.query_log.enabled:
-            self._log(reply.qname, reply.qtype, rcode, from_syn, now)
+            self._log(reply.qname, reply.qtype, rcode, from_syn, now, reply.note)
         return frame(wire)
 
     def _transfer_message(self, now: int) -> bytes | None:

@@ -174,6 +174,7 @@ class UdpServer:
                 latency_ns=time.monotonic_ns() - started,
                 local=pktinfo_address(ancdata) if self.wildcard else self.local,
                 local_port=self.port,
+                note=reply.note,
             )
 
     def _forwarded(
