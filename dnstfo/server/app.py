@@ -217,6 +217,8 @@ class DnsServer:
             else None
         )
         """Sends names outside our zones upstream (None: not configured)."""
+        if self.forwarding is not None:  # forward-cache hits are answered like local ones
+            self.responder.forwarded = self.forwarding.cached
         self._tcp: TcpServer | None = None
         self._udp: list[UdpServer] = []
         self._key: TfoKey | None = None
