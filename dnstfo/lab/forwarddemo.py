@@ -16,10 +16,11 @@ the query from the client link's relay handing it the query's last segment to th
 reading the answer's first segment; the client link took the client's time on the wire
 (from its connect to the answer) minus that hold. The upstream link took the time from
 its relay reading the forwarder's first packet (the SYN, or the query on a reused
-connection) to its handing over the answer's last segment. The hold minus the upstream
-link's time is the forwarder's own work on the query: what forwarding costs beyond the
-upstream's round trips. The forwarder's query log says which upstream connection it used
-and gives its own view of the upstream time.
+connection) to its handing over the answer's last segment (the upstream server's own time
+to answer, about a millisecond here, is in it, as it is in the forwarder's log). The hold
+minus the upstream link's time is the forwarder's own work on the query: what forwarding
+costs beyond the upstream's round trips. The forwarder's query log says which upstream
+connection it used and gives its own view of the upstream time.
 """
 
 from __future__ import annotations
