@@ -125,7 +125,8 @@ class Forwarding:
         return wire
 
     def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
-        """The TCP session's ``Deferrer``: True when the query went upstream."""
+        """The TCP session's ``Deferrer``: True when the query went upstream. The
+        responder asked :meth:`cached` first (a miss), so the forwarder does not again."""
         if not self.config.allows(session.client):
             self.refused += 1
             return False
@@ -140,7 +141,7 @@ class Forwarding:
                 asyncio.get_running_loop().call_soon(self._wake_all)
             self._waking.append(session)
 
-        self.forwarder.forward(query, qname or ".", done)
+        self.forwarder.forward(query, qname or ".", done, looked_up=True)
         return True
 
     def _wake_all(self) -> None:
@@ -158,7 +159,8 @@ class Forwarding:
         self, query: bytes, reply: Reply, client: str, send: Callable[[bytes, str], None]
     ) -> bool:
         """Forwards a UDP query; ``send(wire, note)`` is called later with the answer cut
-        to the client's size. False: the client may not forward (send ``reply``)."""
+        to the client's size. False: the client may not forward (send ``reply``). As in
+        :meth:`defer_tcp`, the responder's lookup in the cache missed."""
         if not self.config.allows(client):
             self.refused += 1
             return False
@@ -167,7 +169,7 @@ class Forwarding:
         def done(wire: bytes, trace: ForwardTrace) -> None:
             send(self._fit_udp(wire, query, limit), describe(trace))
 
-        self.forwarder.forward(query, reply.qname or ".", done)
+        self.forwarder.forward(query, reply.qname or ".", done, looked_up=True)
         return True
 
     def stats(self) -> ForwardStats:

@@ -256,8 +256,6 @@ class Forwarder:
         """Queries waiting for an upstream now."""
         self.overloaded = 0
         """Queries answered SERVFAIL at once: ``max_in_flight`` were waiting."""
-        self._missed: tuple[bytes, bytes] | None = None
-        """The query :meth:`cached` last missed (the same bytes object) and its key."""
 
     def stats(self) -> dict[str, UpstreamStats]:
         """Counters per upstream (by ``ADDR:PORT``)."""
@@ -269,26 +267,21 @@ class Forwarder:
 
     def cached(self, query: bytes) -> bytes | None:
         """The cached answer to ``query`` (its ID and question, TTLs counted down), now;
-        None: a miss. The server asks this first, synchronously; a miss is remembered
-        for the :meth:`forward` of the same query (the same bytes object) that follows,
-        which then neither computes the key nor looks the cache up again."""
+        None: a miss (counted). The server asks this first, synchronously, and forwards
+        a miss with ``looked_up=True``."""
         if not self.cache.size:
             return None
         key = cache_key(query)
         if key is None:
             return None
         hit = self.cache.get(key, query, self.clock())
-        if hit is None:
-            self._missed = (query, key)
         return hit
 
-    def forward(self, query: bytes, qname: str, done: Done) -> None:
+    def forward(self, query: bytes, qname: str, done: Done, *, looked_up: bool = False) -> None:
         """Sends ``query`` (any ID) upstream; ``done`` is called once, later, with the
-        response carrying the query's ID (from the cache when :meth:`cached` was not
-        asked first)."""
+        response carrying the query's ID. The cache is asked first unless ``looked_up``
+        (:meth:`cached` just missed it: the miss is counted once)."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
-        missed, self._missed = self._missed, None
-        key = missed[1] if missed is not None and missed[0] is query else None
         # The client's cookie and padding are for its hop to us: the upstream gets none
         # (we send no cookies of our own, RFC 7873 §5.1 allows that), so its answer holds
         # none either and serves every client that asks the same question.
@@ -298,13 +291,12 @@ class Forwarder:
         except ValueError:
             loop.call_soon(done, servfail(query), ForwardTrace(None))
             return
-        if key is None:  # not missed just now by ``cached``: look it up here
-            key = cache_key(query) if self.cache.size else None
-            if key is not None:
-                hit = self.cache.get(key, query, self.clock())
-                if hit is not None:
-                    loop.call_soon(done, hit, ForwardTrace(None, cached=True))
-                    return
+        key = cache_key(query) if self.cache.size else None
+        if key is not None and not looked_up:
+            hit = self.cache.get(key, query, self.clock())
+            if hit is not None:
+                loop.call_soon(done, hit, ForwardTrace(None, cached=True))
+                return
         if self.in_flight >= self.config.max_in_flight:
             self.overloaded += 1
             loop.call_soon(done, servfail(query), ForwardTrace(None))

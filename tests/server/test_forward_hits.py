@@ -171,17 +171,18 @@ def test_forwarder_does_not_look_up_a_query_that_just_missed() -> None:
     forwarder = forwarding.forwarder
     query = dns.message.make_query("www.fwd.example.", "A").to_wire()
 
-    async def forward(wire: bytes) -> tuple[bytes, ForwardTrace]:
+    async def forward(wire: bytes, looked_up: bool) -> tuple[bytes, ForwardTrace]:
         done: asyncio.Future[tuple[bytes, ForwardTrace]] = asyncio.Future()
-        forwarder.forward(wire, "www.fwd.example.", lambda *got: done.set_result(got))
+        forwarder.forward(
+            wire, "www.fwd.example.", lambda *got: done.set_result(got), looked_up=looked_up
+        )
         return await asyncio.wait_for(done, 10)
 
     async def run() -> None:
         assert forwarder.cached(query) is None
-        await forward(query)
+        await forward(query, looked_up=True)
         assert (forwarder.cache.hits, forwarder.cache.misses) == (0, 1)
-        again = bytes(bytearray(query))  # equal bytes, not the query that missed
-        await forward(again)
+        await forward(query, looked_up=False)
         assert (forwarder.cache.hits, forwarder.cache.misses) == (0, 2)
         forwarder.close()
 
