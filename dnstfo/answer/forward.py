@@ -30,6 +30,7 @@ _LOOPBACK: tuple[IPNetwork, ...] = (
 )
 _OPT = 41
 _SOA = 6
+_NS = 2
 _COOKIE = 10
 _KEEPALIVE = 11
 _PADDING = 12
@@ -180,7 +181,8 @@ def _skip_name(wire: bytes, pos: int) -> int:
 def scan_response(wire: bytes) -> ResponseScan:
     """Reads an upstream response's records' TTLs, cache lifetime and keepalive.
 
-    Positive answers (NOERROR with answers) are kept for the smallest TTL of all records;
+    Positive answers (NOERROR with answers) and referrals (NOERROR, no answers, NS records
+    in the authority section and no SOA) are kept for the smallest TTL of all records;
     NXDOMAIN and NODATA for the authority SOA's TTL capped by its MINIMUM (RFC 2308 §5),
     and not at all without an SOA; other RCODEs, and truncated responses, are not kept.
 
@@ -197,6 +199,7 @@ def scan_response(wire: bytes) -> ResponseScan:
     offsets: list[int] = []
     ttls: list[int] = []
     negative: int | None = None
+    delegation = False
     keepalive: int | None = None
     for section in (1, 2, 3):
         for _ in range(counts[section]):
@@ -218,6 +221,7 @@ def scan_response(wire: bytes) -> ResponseScan:
                 if section == 2 and rtype == _SOA and rdlen >= 20:
                     minimum = int.from_bytes(wire[end - 4 : end], "big")
                     negative = min(ttl, minimum)
+                delegation = delegation or (section == 2 and rtype == _NS)
             pos = end
     cache_ttl: int | None = None
     truncated = bool(wire[2] & 0x02)
@@ -226,6 +230,8 @@ def scan_response(wire: bytes) -> ResponseScan:
             cache_ttl = min(ttls)
         elif negative is not None:
             cache_ttl = negative
+        elif rcode == 0 and delegation:
+            cache_ttl = min(ttls)
     return ResponseScan(rcode, tuple(offsets), tuple(ttls), cache_ttl, keepalive)
 
 

@@ -92,6 +92,19 @@ def test_scan_negative_rfc2308() -> None:
     assert scan_response(truncated.to_wire()).cache_ttl is None
 
 
+def test_scan_referral_kept_for_its_smallest_ttl() -> None:
+    referral = _response(ttls=())
+    referral.authority.append(
+        dns.rrset.from_text("child.example.org.", 900, "IN", "NS", "ns.child.example.org.")
+    )
+    referral.additional.append(
+        dns.rrset.from_text("ns.child.example.org.", 600, "IN", "A", "192.0.2.9")
+    )
+    assert scan_response(referral.to_wire()).cache_ttl == 600
+    nothing = _response(ttls=())  # NOERROR with no records at all: not kept
+    assert scan_response(nothing.to_wire()).cache_ttl is None
+
+
 def test_scan_keepalive_and_malformed() -> None:
     response = _response()
     option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x01\x2c")
