@@ -312,11 +312,10 @@ def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> Non
         click.echo("")
         _render_forward_case(result, case)
     click.echo("")
-    click.echo("rounds: a link's time over its RTT. The client link's is the client's wait less "
-               "the time the\nforwarder held the query; the upstream link's runs from the "
-               "forwarder's first packet\nupstream to the answer's arrival; the delay lines "
-               "time both. The rest of the hold is\nthe forwarder's own work: what forwarding "
-               "cost the query beyond the upstream's rounds.\n")  # fmt: skip
+    click.echo("rounds: a link's time over its RTT; a link's time is its delay line's span on the "
+               "query\nless what the programs at its ends held it. Own work: what each program "
+               "held it; the\nforwarder's is what forwarding cost the query beyond the "
+               "upstream's rounds.\n")  # fmt: skip
     if result.story_held:
         click.echo(
             "each link took the round trips expected: TFO saves one per link, and a "
@@ -328,21 +327,22 @@ def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> Non
 
 
 def _render_forward_case(result: ForwardDemoResult, case: ForwardCase) -> None:
-    """A case of the forwarding demo: each link's rounds, and the forwarder's own work."""
+    """A case of the forwarding demo: each link's rounds, and each program's own work."""
     client, upstream = result.rounds(case)
     syn = "the query in the SYN, acked" if case.client_in_syn else "the query after the handshake"
     click.echo(f"  {case.title}: the client waited {case.client_ms:.1f} ms")
     click.echo(f"    client link    {client:.2f} rounds (want {case.want_client})  "
                f"{case.client_link_ms:5.1f} ms; {syn}")  # fmt: skip
-    if upstream is None or case.upstream_ms is None or case.own_ms is None:
-        click.echo(f"    upstream link  -    (want {case.want_upstream})  no packets upstream")
-        click.echo(f"    forwarder      held the query {case.held_ms:.1f} ms")
+    own, server = case.own_ms, case.upstream_server_ms
+    if upstream is None or case.upstream_ms is None or own is None or server is None:
+        click.echo(f"    upstream link  -    (want {case.want_upstream})  nothing went upstream")
+        click.echo(f"    own work       forwarder (its whole hold) {case.held_ms:.1f} ms, "
+                   f"client {case.client_own_ms:.1f} ms")  # fmt: skip
     else:
         click.echo(f"    upstream link  {upstream:.2f} rounds (want {case.want_upstream})  "
                    f"{case.upstream_ms:5.1f} ms")  # fmt: skip
-        click.echo(f"    forwarder      {case.own_ms:.1f} ms of its own work (it held the query "
-                   f"{case.held_ms:.1f} ms, {case.upstream_ms:.1f} "
-                   "on the upstream link)")  # fmt: skip
+        click.echo(f"    own work       forwarder {own:.1f} ms, upstream server {server:.1f} ms, "
+                   f"client {case.client_own_ms:.1f} ms")  # fmt: skip
     click.echo(f"    its log        {case.note}")
 
 

@@ -10,17 +10,15 @@ client asks the forwarder for :data:`~dnstfo.lab.demo.QNAME` three ways:
    upstream connection (the forwarder restarted): the query rides in the SYN on each: 1 + 1.
 3. The same, the forwarder's upstream connection reused: 1 + 1 without any SYN upstream.
 
-Each link is timed apart, by its own delay line's packet log (both relays and the client
-read the same monotonic clock; net namespaces do not have their own). The forwarder held
-the query from the client link's relay handing it the query's last segment to that relay
-reading the answer's first segment; the client link took the client's time on the wire
-(from its connect to the answer) minus that hold. The upstream link took the time from
-its relay reading the forwarder's first packet (the SYN, or the query on a reused
-connection) to its handing over the answer's last segment (the upstream server's own time
-to answer, about a millisecond here, is in it, as it is in the forwarder's log). The hold
-minus the upstream link's time is the forwarder's own work on the query: what forwarding
-costs beyond the upstream's round trips. The forwarder's query log says which upstream
-connection it used and gives its own view of the upstream time.
+Each link is timed apart, by its own delay line's packet log (see
+:mod:`dnstfo.lab.linktimes`): a link's time is its span on the exchange less what the
+programs at its ends held (the client's reaction to the handshake, the forwarder's whole
+hold of the query on the client link; the forwarder's reaction and the upstream server's
+answer on the upstream link). The relays and the client read the same monotonic clock
+(net namespaces have none of their own). What is left of the forwarder's hold once the
+upstream link and the upstream server are taken out is its own work on the query: what
+forwarding costs beyond the upstream's round trips. The forwarder's query log says which
+upstream connection it used and gives its own view of the upstream time.
 """
 
 from __future__ import annotations
@@ -39,8 +37,8 @@ from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
 from dnstfo.errors import LabError
 from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, Chain, ChainSpec, start_chain
-from dnstfo.lab.delay import Direction, PacketRecord
 from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
+from dnstfo.lab.linktimes import ExchangeTimes, exchange_times
 from dnstfo.lab.netns import Namespace, realtime_priority
 
 PORT = 53
@@ -61,10 +59,14 @@ class ForwardCase:
     """What the case shows."""
     client_ms: float
     """The query as the client timed it on the wire: from the connect to the answer."""
+    client_link_ms: float
+    """Its time on the client link (the line's span less both ends' holds)."""
     held_ms: float
     """How long the forwarder held the query, as the client link's delay line saw it."""
     upstream_ms: float | None
-    """The upstream exchange as the upstream link's delay line saw it (None: no packets)."""
+    """Its time on the upstream link, likewise (None: nothing went upstream)."""
+    upstream_server_ms: float | None
+    """How long the upstream server held the forwarded query (None: nothing went upstream)."""
     logged_upstream_ms: float | None
     """The forwarder's own upstream time, from its query log (None: no log line)."""
     note: str
@@ -77,14 +79,16 @@ class ForwardCase:
     """Round trips expected on the upstream link."""
 
     @property
-    def client_link_ms(self) -> float:
-        """The client's time on the wire less the forwarder's hold: the client link's part."""
-        return self.client_ms - self.held_ms
+    def own_ms(self) -> float | None:
+        """The forwarder's own work on the query: its hold less the upstream link and server."""
+        if self.upstream_ms is None or self.upstream_server_ms is None:
+            return None
+        return self.held_ms - self.upstream_ms - self.upstream_server_ms
 
     @property
-    def own_ms(self) -> float | None:
-        """The forwarder's own work on the query: its hold less the upstream link's time."""
-        return None if self.upstream_ms is None else self.held_ms - self.upstream_ms
+    def client_own_ms(self) -> float:
+        """The client's own part of its time: the rest once both links and the forwarder are out."""
+        return self.client_ms - self.client_link_ms - self.held_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,10 +237,10 @@ class _Timed:
 
     asked: _Asked
     """What the client saw."""
-    held_ms: float
-    """See :attr:`ForwardCase.held_ms`."""
-    upstream_ms: float | None
-    """See :attr:`ForwardCase.upstream_ms`."""
+    client_link: ExchangeTimes
+    """The client link's log of it."""
+    upstream_link: ExchangeTimes | None
+    """The upstream link's log of it (None: nothing went upstream)."""
 
 
 def _ask(chain: Chain, tfo: TfoMethod, qname: str = QNAME) -> _Asked:
@@ -256,38 +260,9 @@ def _timed(chain: Chain, tfo: TfoMethod) -> _Timed:
     chain.client_link.clear()
     chain.upstream_link.clear()
     asked = _ask(chain, tfo)
-    held_ns = _held_ns(chain.client_link.packets(), asked.port)
-    upstream_ns = _upstream_ns(chain.upstream_link.packets())
-    upstream_ms = None if upstream_ns is None else upstream_ns / 1e6
-    return _Timed(asked, held_ns / 1e6, upstream_ms)
-
-
-def _held_ns(packets: list[PacketRecord], port: int) -> int:
-    """How long the server side of the client link held the query of the client at ``port``:
-    from the relay's write of the query's last segment to its read of the answer's first."""
-    answer = next((p for p in packets if p.tcp and p.dport == port and p.payload_len), None)
-    if answer is None:
-        raise LabError("the client link's log has no answer to the client's query")
-    query = [p for p in packets if p.tcp and p.sport == port and p.payload_len
-             and p.sent_ns is not None and p.sent_ns < answer.received_ns]  # fmt: skip
-    if not query:
-        raise LabError("the client link's log has no query before the answer")
-    return answer.received_ns - max(p.sent_ns or 0 for p in query)
-
-
-def _upstream_ns(packets: list[PacketRecord]) -> int | None:
-    """The forwarder's upstream exchange on the wire: from the relay's read of its first
-    packet (a SYN, or the query on a reused connection) to its write of the answer's last
-    segment. None: the forwarder sent nothing upstream."""
-    first = next((p for p in packets if p.direction is Direction.C2S and p.tcp
-                  and (p.is_syn or p.payload_len)), None)  # fmt: skip
-    if first is None:
-        return None
-    answer = [p.sent_ns for p in packets if p.direction is Direction.S2C and p.tcp
-              and p.dport == first.sport and p.payload_len and p.sent_ns is not None]  # fmt: skip
-    if not answer:
-        raise LabError("the upstream link's log has no answer to the forwarder")
-    return max(answer) - first.received_ns
+    client_link = exchange_times(chain.client_link.packets(), asked.port)
+    assert client_link is not None  # a port was given: a missing exchange raises
+    return _Timed(asked, client_link, exchange_times(chain.upstream_link.packets()))
 
 
 def _case(
@@ -298,11 +273,14 @@ def _case(
     want_upstream: int,
 ) -> ForwardCase:
     logged_ms, note = entries[0] if entries else (None, "(no log line)")
+    up = timed.upstream_link
     return ForwardCase(
         title=title,
         client_ms=timed.asked.wire_ms,
-        held_ms=timed.held_ms,
-        upstream_ms=timed.upstream_ms,
+        client_link_ms=timed.client_link.link_ns / 1e6,
+        held_ms=timed.client_link.far_ns / 1e6,
+        upstream_ms=None if up is None else up.link_ns / 1e6,
+        upstream_server_ms=None if up is None else up.far_ns / 1e6,
         logged_upstream_ms=logged_ms,
         note=note,
         client_in_syn=timed.asked.in_syn,
