@@ -77,6 +77,10 @@ class ForwardCase:
     """Round trips expected on the client link."""
     want_upstream: int
     """Round trips expected on the upstream link."""
+    upstream_opened: bool | None = None
+    """A SYN opened the upstream connection (False: reused; None: nothing went upstream)."""
+    want_upstream_opened: bool = True
+    """Whether the upstream connection should have been opened for the query."""
 
     @property
     def own_ms(self) -> float | None:
@@ -109,8 +113,11 @@ class ForwardDemoResult:
 
     @property
     def story_held(self) -> bool:
-        """Every case took the round trips expected on each link (to the nearest round)."""
+        """Every case took the round trips expected on each link (to the nearest round), on a
+        fresh or reused upstream connection as expected."""
         for case in self.cases:
+            if case.upstream_opened is not case.want_upstream_opened:
+                return False
             client, upstream = self.rounds(case)
             if upstream is None or abs(upstream - case.want_upstream) >= 0.5:
                 return False
@@ -214,7 +221,7 @@ def run_forward_demo(
             cases = (
                 plain_case,
                 _case("Fast Open on both links, cookies cached", fresh, entries[:1], 1, 1),
-                _case("Fast Open, upstream connection reused", reused, entries[1:], 1, 1),
+                _case("Fast Open, upstream connection reused", reused, entries[1:], 1, 1, False),
             )
     return ForwardDemoResult(spec, cases)
 
@@ -271,6 +278,7 @@ def _case(
     entries: list[tuple[float | None, str]],
     want_client: int,
     want_upstream: int,
+    want_opened: bool = True,
 ) -> ForwardCase:
     logged_ms, note = entries[0] if entries else (None, "(no log line)")
     up = timed.upstream_link
@@ -286,4 +294,6 @@ def _case(
         client_in_syn=timed.asked.in_syn,
         want_client=want_client,
         want_upstream=want_upstream,
+        upstream_opened=None if up is None else up.opened,
+        want_upstream_opened=want_opened,
     )

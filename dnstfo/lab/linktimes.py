@@ -39,6 +39,8 @@ class ExchangeTimes:
     """The far end held the query: from its whole query to its answer's first segment."""
     near_ns: int
     """The near end held the handshake: from the SYN-ACK to the query (0: query in the SYN)."""
+    opened: bool
+    """The exchange opened its connection (its first packet was a SYN)."""
 
     @property
     def link_ns(self) -> int:
@@ -87,4 +89,5 @@ def exchange_times(packets: list[PacketRecord], port: int | None = None) -> Exch
         span_ns=last - first.received_ns,
         far_ns=answer[0].received_ns - max(sent),
         near_ns=near,
+        opened=first.is_syn,
     )

@@ -46,6 +46,11 @@ def test_forward_demo_rounds_per_link() -> None:
     assert "fresh syn-data=acked" in tfo.note
     assert reused.client_in_syn
     assert " reused " in reused.note
+    assert (plain.upstream_opened, tfo.upstream_opened, reused.upstream_opened) == (
+        True,
+        True,
+        False,
+    )
 
 
 @pytest.mark.parametrize(
@@ -115,3 +120,35 @@ def test_forward_demo_cli_says_each_link_and_the_forwarders_own_work() -> None:
     assert len(own) == 3, result.output
     assert all("upstream server" in line and "client" in line for line in own), result.output
     assert "each link took the round trips expected" in result.output
+
+
+def test_the_story_needs_the_rounds_and_the_upstream_connection_as_expected() -> None:
+    from dataclasses import replace
+
+    from dnstfo.lab.chain import ChainSpec
+    from dnstfo.lab.forwarddemo import ForwardCase, ForwardDemoResult
+
+    reused = ForwardCase(
+        title="reused",
+        client_ms=152.0,
+        client_link_ms=50.2,
+        held_ms=101.4,
+        upstream_ms=100.1,
+        upstream_server_ms=0.3,
+        logged_upstream_ms=100.8,
+        note="upstream=198.18.1.2:53 reused upstream-ms=100.8",
+        client_in_syn=True,
+        want_client=1,
+        want_upstream=1,
+        upstream_opened=False,
+        want_upstream_opened=False,
+    )
+    spec = ChainSpec(rtt_ms=CLIENT_RTT, upstream_rtt_ms=UPSTREAM_RTT)
+    assert ForwardDemoResult(spec, (reused,)).story_held
+    for broken in (
+        replace(reused, upstream_opened=True),  # a new connection: not the reused case
+        replace(reused, upstream_opened=None, upstream_ms=None, upstream_server_ms=None),
+        replace(reused, client_link_ms=100.4),  # two rounds on the client link
+        replace(reused, upstream_ms=200.2),
+    ):
+        assert not ForwardDemoResult(spec, (broken,)).story_held, broken

@@ -41,7 +41,9 @@ def test_a_handshake_then_the_query_leaves_out_both_programs() -> None:
         _packet("c2s", (303, 328), (CLIENT, 53), "F.", 0),
     ]
     times = exchange_times(packets, CLIENT)
-    assert times == ExchangeTimes(span_ns=302_600_000, far_ns=202_000_000, near_ns=400_000)
+    assert times == ExchangeTimes(
+        span_ns=302_600_000, far_ns=202_000_000, near_ns=400_000, opened=True
+    )
     assert times.link_ns == 100_200_000  # two round trips of 50 ms, the rest of the answer
 
 
@@ -52,7 +54,7 @@ def test_the_query_in_the_syn_leaves_out_the_server_alone() -> None:
         _packet("s2c", (26, 51), (53, CLIENT), ".", 58),
     ]
     times = exchange_times(packets, CLIENT)
-    assert times == ExchangeTimes(span_ns=51_000_000, far_ns=1_000_000, near_ns=0)
+    assert times == ExchangeTimes(span_ns=51_000_000, far_ns=1_000_000, near_ns=0, opened=True)
 
 
 def test_an_open_connection_starts_at_the_query_and_finds_its_port() -> None:
@@ -64,7 +66,7 @@ def test_an_open_connection_starts_at_the_query_and_finds_its_port() -> None:
         _packet("s2c", (55.3, 105.3), (53, up), ".", 64),
     ]
     times = exchange_times(packets)
-    assert times == ExchangeTimes(span_ns=100_300_000, far_ns=300_000, near_ns=0)
+    assert times == ExchangeTimes(span_ns=100_300_000, far_ns=300_000, near_ns=0, opened=False)
     assert times.link_ns == 100_000_000
 
 
