@@ -531,6 +531,11 @@ class Forwarder:
         if sock is None or not conn.out:
             return
         first = not conn.connected and not conn.in_syn
+        if first and conn.tfo:
+            # Without a cookie the kernel sent a plain SYN, and on a short path (loopback)
+            # the handshake may be over already: then this write is not SYN data.
+            self._established(conn)
+            first = not conn.connected
         try:
             sent = sock.send(conn.out, socket.MSG_NOSIGNAL)
         except (BlockingIOError, InterruptedError):

@@ -224,6 +224,9 @@ def test_answer_and_connection_reused(forwarder: Callable[..., ServerThread]) ->
         assert s.answers[0] == 5
         assert s.connections == 1
         assert s.reused == 4
+        # The upstream's listener has no Fast Open: no cookie, so no query rode in a SYN
+        # (a loopback handshake is over before the first write: that write is not SYN data).
+        assert (s.syn_data_sent, s.syn_data_acked) == (0, 0)
         registry = CollectorRegistry()
         registry.register(ForwardCollector(server.server.forwarding.stats))
         text = generate_latest(registry).decode()
