@@ -318,11 +318,13 @@ def _forward_demo(path: dict[str, Any], upstream_rtt: float, zones: Path) -> Non
                "upstream's rounds.\n")  # fmt: skip
     if result.story_held:
         click.echo(
-            "each link took the round trips expected: TFO saves one per link, and a "
-            "reused upstream connection costs one round trip without any handshake"
+            "each link took the round trips expected: TFO saves one per link, and a reused\n"
+            "upstream connection costs one round trip without any handshake"
         )
     else:
-        click.echo("some link did not take the round trips expected (see the figures above)")
+        click.echo("some link did not take the round trips expected, or the upstream "
+                   "connection was not\nopened or reused as the case wants (see the figures "
+                   "above)")  # fmt: skip
         sys.exit(EXIT_STORY_FAILED)
 
 
