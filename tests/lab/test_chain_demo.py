@@ -75,9 +75,9 @@ def test_bad_chain_options_are_usage_errors(args: list[str], says: str) -> None:
 @pytest.mark.netadmin
 @pytest.mark.linux
 def test_forward_demo_times_the_client_on_the_wire(tmp_path: Path) -> None:
-    # The client link's share is the client's time minus the upstream's: the client's time
-    # must be its query on the wire (as the delay line saw it), not also its reads of the
-    # cookie cache, sysctls and routes before and after (a few ms on neither link).
+    # The client's time, the sum of both links and each program's own work, must be its
+    # query on the wire (as the delay line saw it), not also its reads of the cookie
+    # cache, sysctls and routes before and after (a few ms on neither link).
     from dnstfo.client.config import TfoMethod
     from dnstfo.lab import forwarddemo
     from dnstfo.lab.chain import FORWARDER_V4, ChainSpec, start_chain
@@ -90,6 +90,7 @@ def test_forward_demo_times_the_client_on_the_wire(tmp_path: Path) -> None:
         forwarddemo._serve(chain.forwarder, serve, []),
     ):
         forwarddemo._ask(chain, TfoMethod.SENDTO, forwarddemo.WARM_UP)  # cookie, warm-up
+        over: list[float] = []
         for _ in range(3):
             chain.client_link.clear()
             asked = forwarddemo._ask(chain, TfoMethod.SENDTO, forwarddemo.WARM_UP)
@@ -101,9 +102,12 @@ def test_forward_demo_times_the_client_on_the_wire(tmp_path: Path) -> None:
             wire_ms = (answer.sent_ns - syn.received_ns) / 1e6
             assert asked.in_syn
             assert syn.sport == asked.port
-            # The SYN leaves a few µs after the clock starts, the answer is read a few
-            # µs after the relay writes it: within 1 ms (the client's own reads: ~2.5).
-            assert wire_ms <= ms < wire_ms + 1.0, (ms, wire_ms)
+            assert wire_ms <= ms, (ms, wire_ms)  # the clock starts before the SYN leaves
+            over.append(ms - wire_ms)
+        # The SYN leaves a few µs after the clock starts, the answer is read a few µs after
+        # the relay writes it: within 1 ms (the client's own reads: ~2.5 ms, every time).
+        # The best of three: a busy machine may wake the client late once, never early.
+        assert min(over) < 1.0, over
 
 
 @requires_lab
