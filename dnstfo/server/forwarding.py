@@ -50,7 +50,8 @@ def describe(trace: ForwardTrace) -> str:
     if trace.cached:
         return CACHE_NOTE
     if trace.upstream is None:
-        return "forward=failed"
+        tried = f" tried={','.join(trace.tried)}" if trace.tried else ""
+        return f"forward=failed reason={trace.failure or 'unknown'}{tried}"
     parts = [f"upstream={trace.upstream}"]
     parts.append("fresh" if trace.fresh else "reused")
     if trace.fresh:

@@ -119,6 +119,12 @@ class ForwardTrace:
     """From sending to the upstream to its answer."""
     cached: bool = False
     """Served from the forwarder's cache."""
+    failure: str = ""
+    """Why no upstream answered (SERVFAIL): ``malformed``, ``overloaded``, ``budget`` (the
+    client's time ran out), ``shutdown``, ``upstreams`` (every one tried failed) or ``error``
+    (a bug, logged)."""
+    tried: tuple[str, ...] = ()
+    """The upstreams tried, in order, when none answered."""
 
 
 Done = Callable[[bytes, ForwardTrace], None]
@@ -289,7 +295,7 @@ class Forwarder:
         try:
             qend = _question_end(query)
         except ValueError:
-            loop.call_soon(done, servfail(query), ForwardTrace(None))
+            loop.call_soon(done, servfail(query), ForwardTrace(None, failure="malformed"))
             return
         key = cache_key(query) if self.cache.size else None
         if key is not None and not looked_up:
@@ -299,7 +305,7 @@ class Forwarder:
                 return
         if self.in_flight >= self.config.max_in_flight:
             self.overloaded += 1
-            loop.call_soon(done, servfail(query), ForwardTrace(None))
+            loop.call_soon(done, servfail(query), ForwardTrace(None, failure="overloaded"))
             return
         now = loop.time()
         route = [self.upstreams[a] for a in self.config.route(qname)]
@@ -311,7 +317,7 @@ class Forwarder:
             self._attempt(q)
         except Exception:  # a bug must cost this query, never the client's connection
             log.exception("forwarding failed")
-            loop.call_soon(self._finish, q, None, None)
+            loop.call_soon(self._finish, q, None, ForwardTrace(None, failure="error"))
 
     def close(self) -> None:
         """Closes every upstream connection; queries in flight get SERVFAIL."""
@@ -328,7 +334,9 @@ class Forwarder:
         assert loop is not None
         now = loop.time()
         if q.tried >= len(q.route) or now >= q.deadline or self._closing:
-            self._finish(q, None, None)
+            why = "shutdown" if self._closing else "budget" if now >= q.deadline else "upstreams"
+            tried = tuple(u.label for u in q.route[: q.tried])
+            self._finish(q, None, ForwardTrace(None, failure=why, tried=tried))
             return
         upstream = q.route[q.tried]
         q.tried += 1

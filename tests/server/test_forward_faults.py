@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import logging
 import socket
 import struct
 import threading
@@ -27,7 +28,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from dnstfo.answer.forward import ForwardConfig, ForwardTransport
+from dnstfo.server.config import QueryLog
 from dnstfo.server.forwardmetrics import ForwardCollector
+from dnstfo.server.querylog import QUERY_LOGGER
 from dnstfo.wire.framing import FrameDecoder, frame
 from tests.server.conftest import ServerThread
 
@@ -276,6 +279,25 @@ def test_all_upstreams_fail_servfail_within_budget(
         assert time.monotonic() - started < 1.5
         # The server still answers its own zone and still forwards after the failure.
         assert ask(server, "www.test.example.").rcode() == dns.rcode.NOERROR
+
+
+def test_servfail_log_line_says_why_and_what_was_tried(
+    make_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    with upstream(Mode.RESET) as one, upstream(Mode.SILENT) as two:
+        routes = (("127.0.0.1", one.port), ("127.0.0.1", two.port))
+        config = ForwardConfig(upstreams=routes, timeout=0.2, budget=5.0)
+        caplog.set_level(logging.INFO, logger=QUERY_LOGGER)
+        server = make_server(forward=config, query_log=QueryLog.TEXT)
+        assert ask(server, "q1.fwd.example.").rcode() == dns.rcode.SERVFAIL
+        deadline = time.monotonic() + 5
+        lines: list[str] = []
+        while not lines and time.monotonic() < deadline:  # written just after the answer
+            lines = [r.getMessage() for r in caplog.records if "q1.fwd" in r.getMessage()]
+            time.sleep(0.01)
+    (line,) = lines
+    tried = f"tried=127.0.0.1:{one.port},127.0.0.1:{two.port}"
+    assert line.endswith(f"SERVFAIL tcp {line.split()[-4]} forward=failed reason=upstreams {tried}")
 
 
 def test_budget_ends_before_slow_upstream(forwarder: Callable[..., ServerThread]) -> None:
