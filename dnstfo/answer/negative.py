@@ -1,7 +1,8 @@
-"""Negative answers (NXDOMAIN, NODATA) without parsing or rendering a message.
+"""Negative answers (NXDOMAIN, NODATA, REFUSED outside our zones) without dnspython.
 
 Why: names that do not exist are where caching cannot help (every random name is a new
-cache key), so "cache-busting" floods of random names all take this path. dnspython's
+cache key), so "cache-busting" floods of random names all take this path; so does every
+new name a forwarder passes on, which first gets the REFUSED it may replace. dnspython's
 parse, build and render cost about 200 µs a query here; this path costs a few tens.
 
 Theory of operation. It runs only for queries that :func:`~dnstfo.answer.cache.cache_key`
@@ -10,8 +11,10 @@ OPT of version 0. Then:
 
 1. Class IN, a type other than DS (a DS at an apex is the parent zone's, see
    ``authority``) and the longest of our zone origins that contains QNAME (from a map
-   keyed by lower-case labels, built once per authority generation). Anything else: None,
-   and the caller takes the full path.
+   keyed by lower-case labels, built once per authority generation). No origin contains
+   it: REFUSED, ``forwardable`` (the full path's answer for a name outside our zones:
+   QR, the query's RD and CD, the question as asked, our OPT when the query had one). Another
+   class: None, and the caller takes the full path.
 2. :func:`~dnstfo.answer.authority.lookup` decides, on the zone's index built at load
    time (names, cuts, RRsets by type): the one place that knows RFC 1034 §4.3.2 and
    RFC 4592. Only NXDOMAIN and NODATA are answered here; anything else takes the full
@@ -30,6 +33,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dns.name
 import dns.rcode
@@ -43,6 +47,7 @@ _DS = int(dns.rdatatype.DS)
 #: Labels that dnspython writes as they are (no escapes).
 _PLAIN_LABEL = re.compile(rb"[A-Za-z0-9_*-]+")
 _QR_AA = 0x8400
+_QR_REFUSED = 0x8000 | dns.rcode.REFUSED
 _RD_CD = 0x0110  # RD and CD, echoed from the query
 _NXDOMAIN, _NODATA = Outcome.NXDOMAIN, Outcome.NODATA
 _HEADER = 12
@@ -54,6 +59,21 @@ _OPT_HEAD = b"\x00\x00\x29"
 _DO = 0x80  # the DO bit, in the high byte of the OPT flags
 
 Labels = tuple[bytes, ...]
+
+
+class NegativeAnswer(NamedTuple):
+    """A response written here, and what the query log and the forwarder need of it."""
+
+    wire: bytes
+    """The response message."""
+    rcode: dns.rcode.Rcode
+    """NXDOMAIN, NOERROR (NODATA) or REFUSED."""
+    qname: str
+    """The question name as asked, as text."""
+    qtype: int
+    """The question type."""
+    forwardable: bool = False
+    """REFUSED because the name is outside our zones (see ``Reply.forwardable``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,26 +115,19 @@ class NegativeIndex:
             _lower(origin.labels): _soa_parts(zone) for origin, zone in authority.zones.items()
         }
 
-    def answer(
-        self, wire: bytes, limit: int, our_payload: int
-    ) -> tuple[bytes, dns.rcode.Rcode, str, int] | None:
-        """The NXDOMAIN or NODATA response to a plain query, or None (take the full path).
+    def answer(self, wire: bytes, limit: int, our_payload: int) -> NegativeAnswer | None:
+        """The NXDOMAIN, NODATA or out-of-zone REFUSED response to a plain query, or None
+        (take the full path).
 
         Args:
             wire: a query that ``cache_key`` accepted.
             limit: the size the response must fit (the cache key's limit).
             our_payload: our EDNS UDP payload size, for our OPT.
-
-        Returns:
-            The response, its RCODE, the question name as text and the question type;
-            or None.
         """
         labels, qend = _question(wire)
         if wire[qend - 2] or wire[qend - 1] != _IN:
             return None
         qtype = wire[qend - 4] << 8 | wire[qend - 3]
-        if qtype == _DS:
-            return None
         lowered = _lower(labels)
         soa = None
         for start in range(len(lowered)):
@@ -122,6 +135,8 @@ class NegativeIndex:
             if soa is not None:
                 break
         if soa is None:
+            return _refused(wire, qend, labels, qtype, limit, our_payload)
+        if qtype == _DS:
             return None
         found = lookup(soa.zone, dns.name.Name(labels), qtype).outcome
         if found is _NXDOMAIN:
@@ -147,13 +162,35 @@ class NegativeIndex:
         out += soa.numbers
         out[rdlength_at : rdlength_at + 2] = (len(out) - rdlength_at - 2).to_bytes(2, "big")
         if edns:
-            out += _OPT_HEAD
-            out += our_payload.to_bytes(2, "big")
-            out += b"\x00\x00"
-            out += bytes((wire[qend + 7] & _DO, 0, 0, 0))
+            _write_opt(out, wire, qend, our_payload)
         if len(out) > limit:
             return None
-        return bytes(out), rcode, _text(labels), qtype
+        return NegativeAnswer(bytes(out), rcode, _text(labels), qtype)
+
+
+def _refused(
+    wire: bytes, qend: int, labels: Labels, qtype: int, limit: int, our_payload: int
+) -> NegativeAnswer | None:
+    """REFUSED for a name outside our zones, as the full path writes it."""
+    edns = len(wire) > qend
+    flags = _QR_REFUSED | ((wire[2] << 8 | wire[3]) & _RD_CD)
+    out = bytearray(wire[:2])
+    out += flags.to_bytes(2, "big")
+    out += b"\x00\x01\x00\x00\x00\x00\x00\x01" if edns else b"\x00\x01\x00\x00\x00\x00\x00\x00"
+    out += wire[_HEADER:qend]
+    if edns:
+        _write_opt(out, wire, qend, our_payload)
+    if len(out) > limit:
+        return None
+    return NegativeAnswer(bytes(out), dns.rcode.REFUSED, _text(labels), qtype, True)
+
+
+def _write_opt(out: bytearray, wire: bytes, qend: int, our_payload: int) -> None:
+    """Our OPT: version 0, our payload size, the query's DO bit, no options."""
+    out += _OPT_HEAD
+    out += our_payload.to_bytes(2, "big")
+    out += b"\x00\x00"
+    out += bytes((wire[qend + 7] & _DO, 0, 0, 0))
 
 
 def _soa_parts(zone: LoadedZone) -> _NegativeSoa:

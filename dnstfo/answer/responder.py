@@ -33,7 +33,8 @@ forwardable REFUSED is the same kind of hit: the ``forwarded`` hook is then aske
 forward cache's answer (ID and question case patched in, TTLs counted down, no parse) is
 returned on this path, so a forwarded name asked again costs two lookups and no deferral.
 
-On a miss, a plain query for a name or type that does not exist is answered from the
+On a miss, a plain query for a name or type that does not exist, or for a name outside
+our zones (the forwardable REFUSED, so a forwarder's every new name), is answered from the
 negative index (see ``negative``), again without dnspython, and stored in a cache of its
 own: random names (a cache-busting flood) then churn only that one and never evict the
 answers other clients reuse, while a negative answer asked again is still a hit.
@@ -250,17 +251,20 @@ class Responder:
                         None,
                     ),
                 )
+            negative = None
             if negatives is not None:
                 negative = negatives.answer(wire, key[-2] << 8 | key[-1], self._udp_max)
-                if negative is not None:
-                    out, rcode, qname, qtype = negative
-                    negative_cache.put(key, CachedAnswer(out[2:], rcode, qname, qtype, False))
-                    return Reply(out, rcode, qname, qtype)
-        reply = self._respond_uncached(wire, transport, from_syn_data, client, authority)
-        if key is not None:
-            entry = _cache_entry(reply)
-            if entry is not None:
-                cache.put(key, entry)
+            if negative is not None:
+                out, rcode, qname, qtype, forwardable = negative
+                negative_cache.put(key, CachedAnswer(out[2:], rcode, qname, qtype, forwardable))
+                reply = Reply(out, rcode, qname, qtype, forwardable=forwardable)
+            else:
+                reply = self._respond_uncached(wire, transport, from_syn_data, client, authority)
+                entry = _cache_entry(reply)
+                if entry is not None:
+                    cache.put(key, entry)
+        else:
+            reply = self._respond_uncached(wire, transport, from_syn_data, client, authority)
         if reply.forwardable and self.forwarded is not None:
             got = self.forwarded(wire, transport, client)
             if got is not None:

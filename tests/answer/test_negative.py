@@ -46,7 +46,8 @@ def names(authority: Authority) -> Iterator[str]:
             if text.startswith("*"):
                 yield "x." + text[2:]
                 yield "y.x." + text[2:]
-    yield "nothere.example.org."
+    # Outside every zone: REFUSED, forwardable.
+    yield from ("nothere.example.org.", "example.org.", "com.", ".", "Other.TEST.", "a\\.b.org.")
 
 
 def full_and_fast(authority: Authority) -> tuple[Responder, Responder]:
@@ -62,17 +63,18 @@ def cases(authority: Authority) -> Iterator[tuple[str, str, dict[str, object], T
 def test_index_answers_equal_the_full_path(authority: Authority) -> None:
     slow, fast = full_and_fast(authority)
     index = NegativeIndex(authority)
-    answered = 0
+    answered = refused = 0
     for name, rdtype, edns, transport in cases(authority):
         wire = dns.message.make_query(name, rdtype, **edns).to_wire()  # type: ignore[arg-type]
         full = slow.respond(wire, transport=transport)
         quick = fast.respond(wire, transport=transport)
         assert quick.wire == full.wire, (name, rdtype, edns, transport)
         assert (quick.rcode, quick.qname, quick.qtype) == (full.rcode, full.qname, full.qtype)
+        assert quick.forwardable == full.forwardable
         from_index = index.answer(wire, 65535, 1232)
         assert full.wire is not None
         response = dns.message.from_wire(full.wire)
-        negative_here = (
+        negative_here = full.forwardable or (
             response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
             and not response.answer
             and len(response.authority) == 1
@@ -81,7 +83,9 @@ def test_index_answers_equal_the_full_path(authority: Authority) -> None:
         )
         assert (from_index is not None) == negative_here, (name, rdtype, edns)
         answered += from_index is not None
+        refused += full.forwardable
     assert answered > 1000
+    assert refused == 6 * len(TYPES) * len(EDNS) * 2
 
 
 @settings(max_examples=300, deadline=None)
