@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = tuple[str, int]
@@ -143,9 +144,11 @@ class ForwardConfig:
         return self.upstreams
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseScan:
-    """What the forwarder reads from an upstream response without parsing it fully."""
+class ResponseScan(NamedTuple):
+    """What the forwarder reads from an upstream response without parsing it fully.
+
+    A NamedTuple rather than a frozen dataclass: one is built per upstream answer.
+    """
 
     rcode: int
     """The response RCODE."""
@@ -157,6 +160,9 @@ class ResponseScan:
     """Seconds the response may be cached; None: not cacheable."""
     keepalive: int | None
     """The upstream's edns-tcp-keepalive TIMEOUT in units of 100 ms, if given."""
+    options: tuple[int, int] | None = None
+    """Where the OPT record's RDATA starts and ends when it carries options (None: no
+    OPT, or one without options: nothing to strip)."""
 
 
 def _skip_name(wire: bytes, pos: int) -> int:
@@ -189,50 +195,56 @@ def scan_response(wire: bytes) -> ResponseScan:
     Raises:
         ValueError: the message is malformed.
     """
-    if len(wire) < 12:
+    size = len(wire)
+    if size < 12:
         raise ValueError("shorter than a header")
     rcode = wire[3] & 0xF
-    counts = [wire[4 + 2 * i] << 8 | wire[5 + 2 * i] for i in range(4)]
     pos = 12
-    for _ in range(counts[0]):
+    for _ in range(wire[4] << 8 | wire[5]):
         pos = _skip_name(wire, pos) + 4
     offsets: list[int] = []
     ttls: list[int] = []
     negative: int | None = None
     delegation = False
     keepalive: int | None = None
+    options: tuple[int, int] | None = None
     for section in (1, 2, 3):
-        for _ in range(counts[section]):
-            pos = _skip_name(wire, pos)
-            if pos + 10 > len(wire):
+        for _ in range(wire[4 + 2 * section] << 8 | wire[5 + 2 * section]):
+            # A compression pointer is the usual owner name: no call for it.
+            pos = pos + 2 if pos < size and wire[pos] >= 0xC0 else _skip_name(wire, pos)
+            if pos + 10 > size:
                 raise ValueError("record runs past the message")
             rtype = wire[pos] << 8 | wire[pos + 1]
-            rdlen = wire[pos + 8] << 8 | wire[pos + 9]
             rdata = pos + 10
-            end = rdata + rdlen
-            if end > len(wire):
+            end = rdata + (wire[pos + 8] << 8 | wire[pos + 9])
+            if end > size:
                 raise ValueError("record data runs past the message")
             if rtype == _OPT:
-                keepalive = _keepalive(wire, rdata, end)
+                if end > rdata:
+                    options = (rdata, end)
+                    keepalive = _keepalive(wire, rdata, end)
             else:
-                ttl = int.from_bytes(wire[pos + 4 : pos + 8], "big") & 0x7FFFFFFF
+                ttl = (wire[pos + 4] & 0x7F) << 24 | wire[pos + 5] << 16
+                ttl |= wire[pos + 6] << 8 | wire[pos + 7]
                 offsets.append(pos + 4)
                 ttls.append(ttl)
-                if section == 2 and rtype == _SOA and rdlen >= 20:
-                    minimum = int.from_bytes(wire[end - 4 : end], "big")
-                    negative = min(ttl, minimum)
-                delegation = delegation or (section == 2 and rtype == _NS)
+                if section == 2:
+                    if rtype == _SOA and end - rdata >= 20:
+                        minimum = int.from_bytes(wire[end - 4 : end], "big")
+                        negative = min(ttl, minimum)
+                    elif rtype == _NS:
+                        delegation = True
             pos = end
     cache_ttl: int | None = None
     truncated = bool(wire[2] & 0x02)
     if not truncated and rcode in (0, _NXDOMAIN):
-        if rcode == 0 and counts[1]:
+        if rcode == 0 and (wire[6] or wire[7]):  # answers
             cache_ttl = min(ttls)
         elif negative is not None:
             cache_ttl = negative
         elif rcode == 0 and delegation:
             cache_ttl = min(ttls)
-    return ResponseScan(rcode, tuple(offsets), tuple(ttls), cache_ttl, keepalive)
+    return ResponseScan(rcode, tuple(offsets), tuple(ttls), cache_ttl, keepalive, options)
 
 
 def _keepalive(wire: bytes, pos: int, end: int) -> int | None:
@@ -279,6 +291,13 @@ def strip_options(wire: bytes, codes: frozenset[int] = HOP_BY_HOP, add: bytes = 
     span = opt_rdata(wire)
     if span is None:
         return wire
+    return strip_options_at(wire, span, codes, add)
+
+
+def strip_options_at(
+    wire: bytes, span: tuple[int, int], codes: frozenset[int] = HOP_BY_HOP, add: bytes = b""
+) -> bytes:
+    """:func:`strip_options` for an OPT whose RDATA is known to be ``wire[span]``."""
     start, end = span
     kept: list[bytes] = []
     pos = start

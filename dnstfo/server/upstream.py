@@ -31,6 +31,7 @@ thread, no task per query.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import heapq
 import logging
@@ -40,6 +41,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from dnstfo.answer.forward import (
     Address,
@@ -50,6 +52,7 @@ from dnstfo.answer.forward import (
     scan_response,
     set_keepalive,
     strip_options,
+    strip_options_at,
 )
 from dnstfo.answer.forward import question_end as _question_end
 from dnstfo.errors import DnstfoError
@@ -103,9 +106,8 @@ class UpstreamStats:
     """The answers' latencies added up."""
 
 
-@dataclass(frozen=True, slots=True)
-class ForwardTrace:
-    """How one forwarded query went, for the query log."""
+class ForwardTrace(NamedTuple):
+    """How one forwarded query went, for the query log (a NamedTuple: one per answer)."""
 
     upstream: str | None
     """The upstream that answered (None: none did, or a cache hit)."""
@@ -260,6 +262,10 @@ class Forwarder:
         self._closing = False
         self.in_flight = 0
         """Queries waiting for an upstream now."""
+        self._routes: dict[tuple[Address, ...], list[_Upstream]] = {}
+        """The upstreams of each route, in configured order (shared: never changed)."""
+        self._aside_until = 0.0
+        """The latest time any upstream is set aside until (loop time)."""
         self.overloaded = 0
         """Queries answered SERVFAIL at once: ``max_in_flight`` were waiting."""
 
@@ -308,8 +314,11 @@ class Forwarder:
             loop.call_soon(done, servfail(query), ForwardTrace(None, failure="overloaded"))
             return
         now = loop.time()
-        route = [self.upstreams[a] for a in self.config.route(qname)]
-        route.sort(key=lambda u: u.aside_until > now)  # set aside: tried last
+        route = self._routes.get(addresses := self.config.route(qname))
+        if route is None:
+            route = self._routes[addresses] = [self.upstreams[a] for a in addresses]
+        if self._aside_until > now:  # some upstream is set aside: it is tried last
+            route = sorted(route, key=lambda u: u.aside_until > now)
         q = _Query(query, qend, route, now + self.config.budget)
         q.done, q.key = done, key
         self.in_flight += 1
@@ -425,6 +434,7 @@ class Forwarder:
             if upstream.aside_until <= self._loop.time():
                 log.warning("upstream %s keeps failing; set aside", upstream.label)
             upstream.aside_until = self._loop.time() + SET_ASIDE_S
+            self._aside_until = max(self._aside_until, upstream.aside_until)
 
     def _answered(
         self, q: _Query, upstream: _Upstream, wire: bytes, scan: ResponseScan, trace: ForwardTrace
@@ -432,9 +442,7 @@ class Forwarder:
         """Delivers an upstream's answer to ``q`` (its ID is ours; its question matched)."""
         stats = upstream.stats
         stats.answers[scan.rcode] += 1
-        ms = trace.upstream_ns / 1e6
-        bucket = next((i for i, b in enumerate(LATENCY_BUCKETS_MS) if ms <= b), None)
-        stats.latency[len(LATENCY_BUCKETS_MS) if bucket is None else bucket] += 1
+        stats.latency[bisect.bisect_left(LATENCY_BUCKETS_MS, trace.upstream_ns / 1e6)] += 1
         stats.latency_ns += trace.upstream_ns
         upstream.failures = 0
         upstream.aside_until = 0.0
@@ -442,17 +450,22 @@ class Forwarder:
             self._forget(q)
             self._attempt(q)
             return
-        stripped = strip_options(wire)  # hop-by-hop: ours are the client's business
-        if stripped is not wire:
-            wire = stripped
-            scan = scan_response(wire)
-        # AA cleared: we are not the authority of a forwarded name (RFC 1035 §4.1.1), and
-        # what the cache serves is never authoritative (RFC 2181 §5.4.1). RA stays as sent.
-        wire = wire[:2] + _NOT_AA[wire[2]] + wire[3:]
+        if scan.options is not None:  # hop-by-hop options: ours are the client's business
+            stripped = strip_options_at(wire, scan.options)
+            if stripped is not wire:
+                moved = scan.options[1] != len(wire)  # records after the OPT moved
+                wire = stripped
+                if moved:
+                    scan = scan_response(wire)
+        # The client's ID and question (its case); AA cleared: we are not the authority of
+        # a forwarded name (RFC 1035 §4.1.1), and what the cache serves is never
+        # authoritative (RFC 2181 §5.4.1). RA stays as sent.
+        qend = q.qend
+        query = q.wire
+        wire = query[:2] + _NOT_AA[wire[2]] + wire[3:12] + query[12:qend] + wire[qend:]
         if q.key is not None:
             self.cache.put(q.key, wire, scan, self.clock())
-        qend = q.qend
-        self._finish(q, q.wire[:2] + wire[2:12] + q.wire[12:qend] + wire[qend:], trace)
+        self._finish(q, wire, trace)
 
     def _garbage(self, q: _Query, upstream: _Upstream) -> None:
         """An answer that does not parse: the query moves on."""
@@ -497,7 +510,10 @@ class Forwarder:
         """The connection to send on: the least busy one under ``pipeline``, else a new
         one while fewer than ``connections`` are open, else the least busy."""
         conns = upstream.conns
-        best = min(conns, key=lambda c: len(c.pending), default=None)
+        if len(conns) == 1:  # the usual case, without the min()
+            best: _Connection | None = conns[0]
+        else:
+            best = min(conns, key=lambda c: len(c.pending), default=None)
         if best is not None and len(best.pending) < self.config.pipeline:
             return best
         if len(conns) < self.config.connections:
@@ -628,7 +644,10 @@ class Forwarder:
                 self._bad(conn, f"an answer with an unknown ID {qid}")
                 return
             qend = q.qend
-            if message[12:qend].lower() != q.wire[12:qend].lower() or qend > len(message):
+            question = message[12:qend]
+            if (
+                question != q.wire[12:qend] and question.lower() != q.wire[12:qend].lower()
+            ) or qend > len(message):
                 self._bad(conn, "an answer whose question does not match")
                 return
             trace = ForwardTrace(

@@ -292,3 +292,39 @@ def test_cache_key_fast_path_equals_the_general_one() -> None:
     for wire in wires:
         assert cache_key(wire) == general(wire)
     assert len({cache_key(w) for w in wires[:-1]}) == 5  # EDNS, DO and subnet count
+
+
+def test_scan_reads_every_ttl_of_real_answers() -> None:
+    """On the example zones' answers (compressed names, glue, SOA, OPT with and without
+    options), the scan finds each record's TTL where dnspython reads it."""
+    from dnstfo.answer.authority import Authority
+    from dnstfo.answer.responder import Responder, ResponderConfig, Transport
+    from tests.answer.conftest import ZONES
+
+    authority, _ = Authority.load(ZONES)
+    responder = Responder(authority, ResponderConfig(cache_size=0))
+    checked = 0
+    for zone in authority.zones.values():
+        for name in zone.names:
+            for rdtype in ("A", "AAAA", "MX", "NS", "SOA", "TXT", "CNAME", "TYPE65280"):
+                query = dns.message.make_query(name, rdtype, use_edns=0, want_dnssec=True)
+                wire = responder.respond(query.to_wire(), transport=Transport.TCP).wire
+                assert wire is not None
+                keepalive = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x00\x64")
+                message = dns.message.from_wire(wire)
+                message.use_edns(0, options=[keepalive])
+                for response in (wire, message.to_wire()):
+                    parsed = dns.message.from_wire(response)
+                    want = [
+                        rrset.ttl
+                        for section in (parsed.answer, parsed.authority, parsed.additional)
+                        for rrset in section
+                        for _ in rrset
+                    ]
+                    scan = scan_response(response)
+                    assert list(scan.ttls) == want
+                    for offset, ttl in zip(scan.ttl_offsets, want, strict=True):
+                        assert int.from_bytes(response[offset : offset + 4], "big") == ttl
+                    assert (scan.options is not None) == (response is not wire)
+                    checked += 1
+    assert checked > 200
