@@ -75,6 +75,8 @@ answer); past it the connection is closed."""
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the upstream latency histogram."""
 _RECV = 65536
+_COMPACT_SLACK = 256
+"""Ended attempts' deadlines kept in the heap, beyond twice the queries in flight."""
 _SERVFAIL = 2
 _NOT_AA = tuple(bytes((b & ~0x04,)) for b in range(256))
 """The third header byte with AA cleared, by its value."""
@@ -361,7 +363,14 @@ class Forwarder:
         """Sets the deadline of ``q``'s attempt (loop time); one loop timer serves all."""
         self._seq += 1
         q.timer = self._seq
-        heapq.heappush(self._deadlines, (when, self._seq, q))
+        heap = self._deadlines
+        if len(heap) > 2 * self.in_flight + _COMPACT_SLACK:
+            # Deadlines of attempts that ended wait in the heap until their time: without
+            # this, a timeout's worth of queries (and their messages) would stay alive and
+            # make each full garbage collection walk them.
+            heap[:] = [entry for entry in heap if entry[2].timer == entry[1]]
+            heapq.heapify(heap)
+        heapq.heappush(heap, (when, self._seq, q))
         if self._wake_at is None or when < self._wake_at:
             assert self._loop is not None
             if self._wake is not None:
