@@ -217,8 +217,8 @@ class DnsServer:
             else None
         )
         """Sends names outside our zones upstream (None: not configured)."""
-        if self.forwarding is not None:  # forward-cache hits are answered like local ones
-            self.responder.forwarded = self.forwarding.cached
+        if self.forwarding is not None and config.forward.cache_size:
+            self.responder.forwarded = self.forwarding.cached  # hits answered like local ones
         self._tcp: TcpServer | None = None
         self._udp: list[UdpServer] = []
         self._key: TfoKey | None = None

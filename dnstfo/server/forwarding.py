@@ -127,7 +127,8 @@ class Forwarding:
 
     def defer_tcp(self, session: TcpSession, slot: int, query: bytes, reply: Reply) -> bool:
         """The TCP session's ``Deferrer``: True when the query went upstream. The
-        responder asked :meth:`cached` first (a miss), so the forwarder does not again."""
+        responder asked :meth:`cached` first (a miss; with the cache on), so the forwarder
+        does not again."""
         if not self.config.allows(session.client):
             self.refused += 1
             return False
@@ -135,8 +136,7 @@ class Forwarding:
 
         def done(wire: bytes, trace: ForwardTrace) -> None:
             note = describe(trace) if session.query_log.enabled else None
-            now = self.clock()
-            session.deliver(slot, wire, now, qname=qname, qtype=qtype, note=note, wake=False)
+            session.deliver(slot, wire, self.clock(), qname, qtype, note, False)
             if not self._waking:
                 self._waking = []
                 asyncio.get_running_loop().call_soon(self._wake_all)

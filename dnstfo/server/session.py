@@ -290,7 +290,6 @@ class TcpSession:
         slot: int,
         wire: bytes | None,
         now: int,
-        *,
         qname: str | None = None,
         qtype: int | None = None,
         note: str | None = None,
