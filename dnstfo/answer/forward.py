@@ -171,8 +171,9 @@ def _skip_name(wire: bytes, pos: int) -> int:
     Raises:
         ValueError: the name runs past the message.
     """
+    size = len(wire)
     while True:
-        if pos >= len(wire):
+        if pos >= size:
             raise ValueError("name runs past the message")
         n = wire[pos]
         if n >= 0xC0:
@@ -184,8 +185,12 @@ def _skip_name(wire: bytes, pos: int) -> int:
             return pos
 
 
-def scan_response(wire: bytes) -> ResponseScan:
+def scan_response(wire: bytes, question_end: int = 0, *, ttls: bool = True) -> ResponseScan:
     """Reads an upstream response's records' TTLs, cache lifetime and keepalive.
+
+    ``question_end``: where its one question ends, when the caller checked it already
+    (0: the question section is walked here). ``ttls`` False: the answer is not to be
+    cached, so only its structure, RCODE and OPT are read (no TTLs, no lifetime).
 
     Positive answers (NOERROR with answers) and referrals (NOERROR, no answers, NS records
     in the authority section and no SOA) are kept for the smallest TTL of all records;
@@ -199,11 +204,14 @@ def scan_response(wire: bytes) -> ResponseScan:
     if size < 12:
         raise ValueError("shorter than a header")
     rcode = wire[3] & 0xF
-    pos = 12
-    for _ in range(wire[4] << 8 | wire[5]):
-        pos = _skip_name(wire, pos) + 4
+    pos = question_end
+    if not pos:
+        pos = 12
+        for _ in range(wire[4] << 8 | wire[5]):
+            pos = _skip_name(wire, pos) + 4
+    keep = ttls
     offsets: list[int] = []
-    ttls: list[int] = []
+    found: list[int] = []
     negative: int | None = None
     delegation = False
     keepalive: int | None = None
@@ -223,11 +231,11 @@ def scan_response(wire: bytes) -> ResponseScan:
                 if end > rdata:
                     options = (rdata, end)
                     keepalive = _keepalive(wire, rdata, end)
-            else:
+            elif keep:
                 ttl = (wire[pos + 4] & 0x7F) << 24 | wire[pos + 5] << 16
                 ttl |= wire[pos + 6] << 8 | wire[pos + 7]
                 offsets.append(pos + 4)
-                ttls.append(ttl)
+                found.append(ttl)
                 if section == 2:
                     if rtype == _SOA and end - rdata >= 20:
                         minimum = int.from_bytes(wire[end - 4 : end], "big")
@@ -237,14 +245,14 @@ def scan_response(wire: bytes) -> ResponseScan:
             pos = end
     cache_ttl: int | None = None
     truncated = bool(wire[2] & 0x02)
-    if not truncated and rcode in (0, _NXDOMAIN):
+    if keep and not truncated and rcode in (0, _NXDOMAIN):
         if rcode == 0 and (wire[6] or wire[7]):  # answers
-            cache_ttl = min(ttls)
+            cache_ttl = min(found)
         elif negative is not None:
             cache_ttl = negative
         elif rcode == 0 and delegation:
-            cache_ttl = min(ttls)
-    return ResponseScan(rcode, tuple(offsets), tuple(ttls), cache_ttl, keepalive, options)
+            cache_ttl = min(found)
+    return ResponseScan(rcode, tuple(offsets), tuple(found), cache_ttl, keepalive, options)
 
 
 def _keepalive(wire: bytes, pos: int, end: int) -> int | None:

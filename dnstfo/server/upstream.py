@@ -75,6 +75,7 @@ answer); past it the connection is closed."""
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
 """Upper bounds of the upstream latency histogram."""
 _RECV = 65536
+_ONE = b"\x00\x01"
 _COMPACT_SLACK = 256
 """Ended attempts' deadlines kept in the heap, beyond twice the queries in flight."""
 _SERVFAIL = 2
@@ -465,7 +466,7 @@ class Forwarder:
                 moved = scan.options[1] != len(wire)  # records after the OPT moved
                 wire = stripped
                 if moved:
-                    scan = scan_response(wire)
+                    scan = scan_response(wire, ttls=q.key is not None)
         # The client's ID and question (its case); AA cleared: we are not the authority of
         # a forwarded name (RFC 1035 §4.1.1), and what the cache serves is never
         # authoritative (RFC 2181 §5.4.1). RA stays as sent.
@@ -659,18 +660,20 @@ class Forwarder:
             ) or qend > len(message):
                 self._bad(conn, "an answer whose question does not match")
                 return
-            trace = ForwardTrace(
+            fresh = not conn.answered
+            trace = ForwardTrace(  # by position: one per answer
                 conn.upstream.label,
-                fresh=not conn.answered,
-                in_syn=conn.in_syn and not conn.answered,
-                syn_acked=conn.syn_acked and not conn.answered,
-                upstream_ns=now - q.attempt_at,
+                fresh,
+                conn.in_syn and fresh,
+                conn.syn_acked and fresh,
+                now - q.attempt_at,
             )
             del conn.pending[qid]
             q.conn = None
             q.timer = None
-            try:
-                scan = scan_response(message)
+            try:  # the question was compared above: the scan starts after it
+                start = qend if message[4:6] == _ONE else 0
+                scan = scan_response(message, start, ttls=q.key is not None)
             except ValueError:
                 self._garbage(q, conn.upstream)
                 continue

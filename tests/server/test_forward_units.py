@@ -328,3 +328,18 @@ def test_scan_reads_every_ttl_of_real_answers() -> None:
                     assert (scan.options is not None) == (response is not wire)
                     checked += 1
     assert checked > 200
+
+
+def test_scan_without_ttls_reads_the_rest_the_same() -> None:
+    soa = "ns.example.org. h.example.org. 1 2 3 4 120"
+    response = _response(dns.rcode.NXDOMAIN, (), soa)
+    option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"\x01\x2c")
+    response.use_edns(0, options=[option])
+    wire = response.to_wire()
+    full, lean = scan_response(wire), scan_response(wire, ttls=False)
+    assert (lean.rcode, lean.keepalive, lean.options) == (full.rcode, full.keepalive, full.options)
+    assert full.cache_ttl == 120
+    assert (lean.ttls, lean.ttl_offsets, lean.cache_ttl) == ((), (), None)
+    for cut in (20, len(wire) - 3):
+        with pytest.raises(ValueError):  # noqa: PT011 - the one error the scan raises
+            scan_response(wire[:cut], ttls=False)
