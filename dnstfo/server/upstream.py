@@ -300,7 +300,8 @@ class Forwarder:
         # The client's cookie and padding are for its hop to us: the upstream gets none
         # (we send no cookies of our own, RFC 7873 §5.1 allows that), so its answer holds
         # none either and serves every client that asks the same question.
-        query = strip_options(query)
+        if query[10:12] != b"\x00\x00":  # an additional section: maybe an OPT with options
+            query = strip_options(query)
         try:
             qend = _question_end(query)
         except ValueError:
