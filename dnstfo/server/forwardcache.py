@@ -22,7 +22,8 @@ expires (the lifetime from :func:`~dnstfo.answer.forward.scan_response`: the min
 RFC 2308 for negative answers) and where its TTLs sit. A hit costs no parse: the ID and
 the client's question (its case, RFC 4343 / 0x20) are copied in and each TTL is lowered
 by the seconds the entry has been kept (RFC 1035 §4.1.3: a cache never serves a TTL
-higher than what is left). Entries are evicted least recently used first, and expired
+higher than what is left; the lowered copy is kept for the hits of the same second).
+Entries are evicted least recently used first, and expired
 ones when met.
 """
 
@@ -46,10 +47,10 @@ _NONE, _ONE = b"\x00\x00", b"\x00\x01"
 _ROOT_OPT = b"\x00\x00\x29"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Entry:
     body: bytes
-    """The response after its ID."""
+    """The response after its ID, TTLs as received."""
     stored_ns: int
     """When it was stored (monotonic ns)."""
     expires_ns: int
@@ -60,6 +61,10 @@ class _Entry:
     """The TTLs as received."""
     question_end: int
     """The offset after the question in the full message."""
+    aged: int = 0
+    """Whole seconds kept when ``aged_body`` was written (hits within one second share it)."""
+    aged_body: bytes = b""
+    """``body`` with each TTL lowered by ``aged`` (empty: not written yet)."""
 
 
 def cache_key(query: bytes) -> bytes | None:
@@ -137,14 +142,17 @@ class ForwardCache:
             return None
         self._entries.move_to_end(key)
         self.hits += 1
-        qend = entry.question_end
-        wire = bytearray(query[:2] + entry.body)
-        wire[12:qend] = query[12:qend]
         elapsed = (now - entry.stored_ns) // NS_PER_S
+        body = entry.body
         if elapsed:
-            for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
-                wire[offset : offset + 4] = max(0, ttl - elapsed).to_bytes(4, "big")
-        return bytes(wire)
+            if elapsed != entry.aged or not entry.aged_body:
+                aged = bytearray(body)
+                for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
+                    aged[offset - 2 : offset + 2] = max(0, ttl - elapsed).to_bytes(4, "big")
+                entry.aged, entry.aged_body = elapsed, bytes(aged)
+            body = entry.aged_body
+        qend = entry.question_end
+        return query[:2] + body[:10] + query[12:qend] + body[qend - 2 :]
 
     def put(self, key: bytes, response: bytes, scan: ResponseScan, now: int) -> None:
         """Stores an upstream response to the query of ``key`` if it may be kept."""

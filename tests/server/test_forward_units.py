@@ -157,8 +157,17 @@ def test_cache_counts_ttl_down_restores_id_and_case_and_expires() -> None:
     assert got.id == 4321
     assert str(got.question[0].name) == "WWW.example.ORG."
     assert [r.ttl for r in got.answer] == [290, 50]
+    # Another client in the same second, then later: its own ID and case, TTLs of then.
+    other = dns.message.make_query("www.EXAMPLE.org.", "A", use_edns=0)
+    for at, ttls in ((10 * NS_PER_S + 900, [290, 50]), (12 * NS_PER_S, [288, 48])):
+        got = dns.message.from_wire(cache.get(key, other.to_wire(), at))
+        assert got.id == other.id
+        assert str(got.question[0].name) == "www.EXAMPLE.org."
+        assert [r.ttl for r in got.answer] == ttls
+    fresh = dns.message.from_wire(cache.get(key, asker.to_wire(), 5))  # within 1 s: as sent
+    assert [r.ttl for r in fresh.answer] == [300, 60]
     assert cache.get(key, asker.to_wire(), 60 * NS_PER_S) is None  # expired at min TTL
-    assert (cache.hits, cache.misses, len(cache)) == (1, 1, 0)
+    assert (cache.hits, cache.misses, len(cache)) == (4, 1, 0)
 
 
 def test_cache_lru_bound_and_off() -> None:
