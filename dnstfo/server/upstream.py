@@ -265,6 +265,8 @@ class Forwarder:
         self._closing = False
         self.in_flight = 0
         """Queries waiting for an upstream now."""
+        self._timeout = config.timeout
+        self._over_udp = config.transport is ForwardTransport.UDP
         self._routes: dict[tuple[Address, ...], list[_Upstream]] = {}
         """The upstreams of each route, in configured order (shared: never changed)."""
         self._aside_until = 0.0
@@ -354,9 +356,9 @@ class Forwarder:
         upstream = q.route[q.tried]
         q.tried += 1
         q.attempt_at = self.clock()
-        self._arm(q, min(now + self.config.timeout, q.deadline))
+        self._arm(q, min(now + self._timeout, q.deadline))
         upstream.stats.queries += 1
-        if self.config.transport is ForwardTransport.UDP:
+        if self._over_udp:
             self._send_udp(q, upstream)
         else:
             self._send_tcp(q, upstream)
@@ -642,12 +644,15 @@ class Forwarder:
             self._bad(conn, "a bad frame")
             return
         now = self.clock()
+        pending, upstream = conn.pending, conn.upstream
+        fresh = not conn.answered  # (the same for every answer of this read)
+        in_syn, syn_acked = conn.in_syn and fresh, conn.syn_acked and fresh
         for message in messages:
             if len(message) < 12 or not message[2] & 0x80:
                 self._bad(conn, "a message that is not a response")
                 return
             qid = message[0] << 8 | message[1]
-            q = conn.pending.get(qid)
+            q = pending.get(qid)
             if q is None:
                 if qid in conn.abandoned:
                     conn.abandoned.discard(qid)
@@ -661,26 +666,19 @@ class Forwarder:
             ) or qend > len(message):
                 self._bad(conn, "an answer whose question does not match")
                 return
-            fresh = not conn.answered
-            trace = ForwardTrace(  # by position: one per answer
-                conn.upstream.label,
-                fresh,
-                conn.in_syn and fresh,
-                conn.syn_acked and fresh,
-                now - q.attempt_at,
-            )
-            del conn.pending[qid]
+            trace = ForwardTrace(upstream.label, fresh, in_syn, syn_acked, now - q.attempt_at)
+            del pending[qid]
             q.conn = None
             q.timer = None
             try:  # the question was compared above: the scan starts after it
                 start = qend if message[4:6] == _ONE else 0
                 scan = scan_response(message, start, ttls=q.key is not None)
             except ValueError:
-                self._garbage(q, conn.upstream)
+                self._garbage(q, upstream)
                 continue
             if scan.keepalive is not None:
                 conn.keepalive_s = scan.keepalive / 10
-            self._answered(q, conn.upstream, message, scan, trace)
+            self._answered(q, upstream, message, scan, trace)
         if messages:
             conn.answered = True
         self._maybe_idle(conn)
