@@ -28,7 +28,7 @@ from pathlib import Path
 from dnstfo.client.compare import CompareStep, Comparison, Step, compare
 from dnstfo.client.config import QueryConfig, TlsOptions
 from dnstfo.errors import LabError, UsageError
-from dnstfo.lab.netns import realtime_priority
+from dnstfo.lab.netns import Namespace, realtime_priority
 from dnstfo.lab.topology import Lab, LabSpec, start_lab
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def demo_target(
         server.address, server.ca_file, port = (lab.server_v4, TLS_PORT), ca.ca_cert, TLS_PORT
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_listening(lab, proc, port)
+        wait_listening(lab.server, proc, port)
         # Timed like the client and the delay line: busy processes must not delay its
         # answers. Only once it listens: a start-up (imports, zones) at real-time priority
         # is a CPU burst that can stall the relay or push the CPU into RT throttling.
@@ -228,19 +228,28 @@ def demo_target(
         log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)
         yield server
     finally:
-        server.log_lines = _stop(proc)
+        server.log_lines = stop_server(proc)
 
 
-def _wait_listening(lab: Lab, proc: subprocess.Popen[str], port: int = PORT) -> None:
+def wait_listening(
+    ns: Namespace, proc: subprocess.Popen[str], port: int, name: str = "dnstfo serve"
+) -> None:
+    """Waits until ``proc`` (``name``, for the error) listens on TCP ``port`` in ``ns``.
+
+    Raises:
+        LabError: it exited, or did not listen within ``_START_TIMEOUT_S``.
+    """
     deadline = time.monotonic() + _START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             _, err = proc.communicate()
-            raise LabError(f"dnstfo serve exited with status {proc.returncode}: {err.strip()}")
-        if lab.server.in_thread(tcp_listening, port):
+            raise LabError(f"{name} in {ns.name} exited with status {proc.returncode}: "
+                           f"{err.strip()[-500:]}")  # fmt: skip
+        if ns.in_thread(tcp_listening, port):
             return
-        time.sleep(0.05)
-    raise LabError(f"dnstfo serve did not listen on port {port} within {_START_TIMEOUT_S:g} s")
+        time.sleep(0.05)  # polling for the listening socket, bounded
+    raise LabError(f"{name} in {ns.name} did not listen on port {port} within "
+                   f"{_START_TIMEOUT_S:g} s")  # fmt: skip
 
 
 def tcp_listening(port: int) -> bool:
@@ -252,13 +261,14 @@ def tcp_listening(port: int) -> bool:
     return any(f[1].endswith(f":{port:04X}") and f[3] == _TCP_LISTEN for f in fields)
 
 
-def _stop(proc: subprocess.Popen[str]) -> list[str]:
-    """Stops the server (SIGTERM: it finishes in-flight answers) and returns its stderr."""
+def stop_server(proc: subprocess.Popen[str]) -> list[str]:
+    """Stops a server (SIGTERM: ``dnstfo serve`` finishes in-flight answers; SIGKILL after
+    ``_STOP_TIMEOUT_S``) and returns its stderr lines."""
     proc.terminate()
     try:
         _, err = proc.communicate(timeout=_STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        log.warning("dnstfo serve ignored SIGTERM; killing it")
+        log.warning("a lab server ignored SIGTERM; killing it")
         proc.kill()
         _, err = proc.communicate()
     return err.splitlines()

@@ -28,22 +28,19 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dnstfo.client.config import QueryConfig, TfoMethod
 from dnstfo.client.query import exchange
-from dnstfo.errors import LabError
 from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, Chain, ChainSpec, start_chain
-from dnstfo.lab.demo import DEFAULT_ZONES, QNAME
+from dnstfo.lab.demo import DEFAULT_ZONES, QNAME, stop_server, wait_listening
 from dnstfo.lab.linktimes import ExchangeTimes, exchange_times
 from dnstfo.lab.netns import Namespace, realtime_priority
 
 PORT = 53
 _CLI = "from dnstfo.cli import main; main(prog_name='dnstfo')"
-_START_TIMEOUT_S = 15.0
 _OWN_ZONE = "$ORIGIN fwd.test.\n$TTL 60\n@ SOA ns h 1 2 3 4 5\n@ NS ns\nns A 192.0.2.1\n"
 """The forwarder's own zone: anything but the demo's name, so that name is forwarded."""
 WARM_UP = "ns.fwd.test"
@@ -126,35 +123,17 @@ class ForwardDemoResult:
         return True
 
 
-def _wait_listening(ns: Namespace, proc: subprocess.Popen[str], port: int) -> None:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise LabError(f"dnstfo serve in {ns.name} exited: {err.strip()[-500:]}")
-        if ns.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
-            return
-        time.sleep(0.05)  # polling for the listening socket, bounded
-    raise LabError(f"dnstfo serve in {ns.name} did not listen within {_START_TIMEOUT_S:g} s")
-
-
 @contextlib.contextmanager
 def _serve(ns: Namespace, args: list[str], log: list[str]) -> Iterator[None]:
     """``dnstfo serve ARGS`` in ``ns``; its stderr lines are added to ``log`` at the end."""
     argv = ["ip", "netns", "exec", ns.name, sys.executable, "-c", _CLI, "serve", *args]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_listening(ns, proc, PORT)
+        wait_listening(ns, proc, PORT)
         realtime_priority(pid=proc.pid)  # once it listens: not its start-up (see demo.py)
         yield
     finally:
-        proc.terminate()
-        try:
-            _, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            _, err = proc.communicate()
-        log.extend(err.splitlines())
+        log.extend(stop_server(proc))
 
 
 def _forwarded(log: list[str]) -> list[tuple[float | None, str]]:

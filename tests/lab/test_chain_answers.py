@@ -35,7 +35,7 @@ import pytest
 
 from dnstfo.kernel.tcpinfo import tcp_info
 from dnstfo.lab.chain import FORWARDER_V4, UPSTREAM_V4, Chain, ChainSpec, start_chain
-from dnstfo.lab.forwarddemo import _wait_listening
+from dnstfo.lab.demo import stop_server, wait_listening
 from dnstfo.lab.netns import Namespace
 from tests.knot import ZONES, knot_config
 from tests.lab.conftest import requires_lab
@@ -337,15 +337,10 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         argv = ["ip", "netns", "exec", running.upstream.name, "knotd", "-c", str(conf)]
         knot = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            _wait_listening(running.upstream, knot, PORT)
+            wait_listening(running.upstream, knot, PORT, "knotd")
             yield running
         finally:
-            knot.terminate()
-            try:
-                knot.communicate(timeout=5)
-            except subprocess.TimeoutExpired:
-                knot.kill()
-                knot.communicate()
+            stop_server(knot)
 
 
 @contextlib.contextmanager
