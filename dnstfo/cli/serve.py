@@ -232,6 +232,8 @@ def _forward(pick: Callable[[str], Any]) -> ForwardConfig:
 
     def address(text: str) -> tuple[str, int]:
         endpoint = Endpoint.parse(str(text), default_port=53)
+        if not endpoint.port:  # (0 picks a free port to listen on; no server is there)
+            raise UsageError(f"bad upstream port in {text!r}: want 1 to 65535")
         return endpoint.host, endpoint.port
 
     zones = []

@@ -242,6 +242,8 @@ def test_config_options_and_file(tmp_path: Path) -> None:
         ({"forward_zone": ("example.org=",)}, "bad forward zone"),
         ({"forward_allow": ("10.0.0.0/33",)}, "not an address or network"),
         ({"forward_cache_size": -1}, "forward-cache-size"),
+        ({"forward": ("127.0.0.1:0",)}, "bad upstream port in '127.0.0.1:0'"),
+        ({"forward_zone": ("example.org=[::1]:0",)}, r"bad upstream port in '\[::1\]:0'"),
     ],
 )
 def test_config_errors(given: dict[str, object], words: str) -> None:
