@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 from dnstfo.server.querylog import rcode_name
@@ -28,10 +28,7 @@ _UPSTREAM_INTS = tuple(f.name for f in fields(UpstreamStats) if f.type == "int")
 
 
 def _copy(stats: UpstreamStats) -> UpstreamStats:
-    copy = UpstreamStats(answers=Counter(stats.answers), latency=Counter(stats.latency))
-    for name in _UPSTREAM_INTS:
-        setattr(copy, name, getattr(stats, name))
-    return copy
+    return replace(stats, answers=Counter(stats.answers), latency=Counter(stats.latency))
 
 
 @dataclass(slots=True)

@@ -9,15 +9,17 @@ import os
 import re
 import time
 import urllib.request
+from dataclasses import fields
 from pathlib import Path
 
 import dns.message
 import dns.query
 from prometheus_client import CollectorRegistry, generate_latest
 
+from dnstfo.answer.forward import ForwardConfig
 from dnstfo.server.forwardmetrics import ForwardCollector, ForwardStats
 from dnstfo.server.stats import ServerStats
-from dnstfo.server.upstream import LATENCY_BUCKETS_MS, UpstreamStats
+from dnstfo.server.upstream import LATENCY_BUCKETS_MS, Forwarder, UpstreamStats
 from dnstfo.server.workerstats import ReportWriter, WorkerReports, snapshot_line
 from tests.server.serveproc import ServeProcess, free_port
 
@@ -49,6 +51,20 @@ def _through_json(stats: ForwardStats) -> ForwardStats:
     back = ForwardStats()
     back.add(json.loads(json.dumps(stats.snapshot())))
     return back
+
+
+def test_of_copies_each_upstream_whole_and_apart() -> None:
+    forwarder = Forwarder(ForwardConfig(upstreams=(("127.0.0.1", 53),)))
+    live = forwarder.upstreams[("127.0.0.1", 53)].stats
+    given = _upstream(10)
+    for f in fields(UpstreamStats):
+        setattr(live, f.name, getattr(given, f.name))
+    copy = ForwardStats.of(forwarder, refused=5).upstreams["127.0.0.1:53"]
+    assert copy == _upstream(10)
+    live.queries += 1
+    live.answers[0] += 1
+    live.latency[2] += 1
+    assert copy == _upstream(10)
 
 
 def test_snapshot_round_trip_and_sum() -> None:
