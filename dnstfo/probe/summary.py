@@ -118,7 +118,8 @@ def read_records(stream: TextIO, name: str) -> Iterator[dict[str, Any]]:
     """The records of an ndjson file, lazily.
 
     Raises:
-        UsageError: a line is not a JSON object (named ``file:line``).
+        UsageError: a line is not a probe record, a JSON object with a verdict
+            (named ``file:line``).
     """
     for number, line in enumerate(stream, 1):
         if not line.strip():
@@ -129,6 +130,8 @@ def read_records(stream: TextIO, name: str) -> Iterator[dict[str, Any]]:
             raise UsageError(f"{name}:{number}: not a JSON record: {exc.msg}") from exc
         if not isinstance(record, dict):
             raise UsageError(f"{name}:{number}: not a JSON object")
+        if "verdict" not in record:
+            raise UsageError(f"{name}:{number}: not a probe record (no verdict)")
         yield record
 
 

@@ -56,6 +56,14 @@ def test_a_bad_summary_line_is_named(tmp_path: Path) -> None:
     assert f"{f}:2: not a JSON record" in r.output
 
 
+def test_a_json_line_without_a_verdict_is_not_a_probe_record(tmp_path: Path) -> None:
+    f = tmp_path / "r.ndjson"
+    f.write_text('{"verdict": "works"}\n{"ts": 1, "qname": "t.example."}\n')
+    r = run("summary", str(f))
+    assert r.exit_code == 2, r.output
+    assert r.output.strip() == f"dnstfo probe: {f}:2: not a probe record (no verdict)"
+
+
 def test_summary_merges_vantage_points(tmp_path: Path) -> None:
     def rec(v: str, verdict: str, base: float, tfo: float, dip: str = "192.0.2.1") -> str:
         conns = [
