@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from dnstfo.lab.demo import stop_server, wait_listening
 from dnstfo.lab.netns import realtime_priority
 from tests.knot import knot_config
 
@@ -41,7 +41,7 @@ class Served:
     """A DNS server running in the lab's server namespace."""
 
     lab: Any
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[str]
     address: str
     port: int
 
@@ -67,26 +67,14 @@ class Served:
         assert r.returncode == 0, r.stderr
 
 
-def _wait_listening(lab: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            _, err = proc.communicate()
-            raise RuntimeError(f"server exited with status {proc.returncode}: {err.decode()}")
-        out = lab.server.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout
-        if out.strip():
-            return
-        time.sleep(0.05)
-    raise RuntimeError("server did not listen within 15 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_logging_server(proc: subprocess.Popen[str]) -> None:
+    """Stops a server whose stderr goes to a file (``stop_server`` returns piped stderr)."""
     proc.terminate()
     try:
-        proc.communicate(timeout=5)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.communicate()
+        proc.wait()
 
 
 @pytest.fixture
@@ -104,15 +92,17 @@ def dnstfo_serve(lab: Any, port: int = 53) -> Iterator[Served]:
     """Runs ``dnstfo serve --zone zones/`` in the server namespace."""
     argv = ["ip", "netns", "exec", lab.server.name, *DNSTFO, "serve", "--zone", str(ZONES),
             "--listen", f"{SERVER}:{port}"]  # fmt: skip
-    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
-        _wait_listening(lab, port, proc)
+        wait_listening(lab.server, proc, port)
         # Its answers are timed: busy CPUs must not delay them (not its start-up: a CPU
         # burst at real-time priority would stall the delay line).
         realtime_priority(pid=proc.pid)
         yield Served(lab, proc, SERVER, port)
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 @contextlib.contextmanager
@@ -120,10 +110,10 @@ def knotd(lab: Any, tmp: Path, port: int = 53) -> Iterator[Served]:
     """Runs ``knotd`` with the zones/ zones and ``tcp-fastopen: on`` in the server namespace."""
     conf = knot_config(tmp, SERVER, port)
     argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     realtime_priority(pid=proc.pid)  # before its worker threads start: they inherit it
     try:
-        _wait_listening(lab, port, proc)
+        wait_listening(lab.server, proc, port, "knotd")
         yield Served(lab, proc, SERVER, port)
     finally:
-        _stop(proc)
+        stop_server(proc)

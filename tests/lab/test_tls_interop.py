@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.client.conftest import SERVER, Served, _stop, _wait_listening, dnstfo_serve
+from dnstfo.lab.demo import stop_server, wait_listening
+from tests.client.conftest import SERVER, Served, dnstfo_serve
 from tests.client.conftest import lab_with as lab_with  # the fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.netadmin, pytest.mark.linux, pytest.mark.interop]
@@ -40,12 +41,12 @@ def dnsdist(lab, tmp: Path, ca) -> Iterator[Served]:
     )
     argv = ["ip", "netns", "exec", lab.server.name, exe, "--supervised", "--disable-syslog",
             "-C", str(conf)]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_listening(lab, 853, proc)
+        wait_listening(lab.server, proc, 853, "dnsdist")
         yield Served(lab, proc, SERVER, 853)
     finally:
-        _stop(proc)
+        stop_server(proc)
 
 
 def test_dnstfo_query_tls_against_dnsdist(lab_with, tmp_path):
