@@ -142,7 +142,7 @@ class Forwarding:
                 asyncio.get_running_loop().call_soon(self._wake_all)
             self._waking.append(session)
 
-        self.forwarder.forward(query, qname or ".", done, looked_up=True)
+        self.forwarder.forward(query, qname or ".", done)
         return True
 
     def _wake_all(self) -> None:
@@ -170,7 +170,7 @@ class Forwarding:
         def done(wire: bytes, trace: ForwardTrace) -> None:
             send(self._fit_udp(wire, query, limit), describe(trace))
 
-        self.forwarder.forward(query, reply.qname or ".", done, looked_up=True)
+        self.forwarder.forward(query, reply.qname or ".", done)
         return True
 
     def stats(self) -> ForwardStats:

@@ -273,6 +273,8 @@ class Forwarder:
         """The latest time any upstream is set aside until (loop time)."""
         self.overloaded = 0
         """Queries answered SERVFAIL at once: ``max_in_flight`` were waiting."""
+        self._missed: tuple[bytes, bytes] | None = None
+        """The query :meth:`cached` last missed, and its key (until :meth:`forward`)."""
 
     def stats(self) -> dict[str, UpstreamStats]:
         """Counters per upstream (by ``ADDR:PORT``)."""
@@ -284,40 +286,45 @@ class Forwarder:
 
     def cached(self, query: bytes) -> bytes | None:
         """The cached answer to ``query`` (its ID and question, TTLs counted down), now;
-        None: a miss (counted). The server asks this first, synchronously, and forwards
-        a miss with ``looked_up=True``."""
+        None: a miss (counted). The server asks this first, synchronously, then forwards
+        a miss: :meth:`forward` of this very ``query`` reuses the lookup's key and does
+        not look it up (count the miss) again."""
         if not self.cache.size:
             return None
         key = cache_key(query)
         if key is None:
             return None
         hit = self.cache.get(key, query, self.clock())
+        if hit is None:
+            self._missed = (query, key)
         return hit
 
-    def forward(self, query: bytes, qname: str, done: Done, *, looked_up: bool = False) -> None:
+    def forward(self, query: bytes, qname: str, done: Done) -> None:
         """Sends ``query`` (any ID) upstream; ``done`` is called once, later, with the
-        response carrying the query's ID. The cache is asked first unless ``looked_up``
-        (:meth:`cached` just missed it: the miss is counted once)."""
+        response carrying the query's ID. The cache is asked first unless :meth:`cached`
+        just missed this very ``query`` (the miss is counted once, its key computed once)."""
         loop = self._loop = self._loop or asyncio.get_running_loop()
+        missed, self._missed = self._missed, None
         # The client's cookie and padding are for its hop to us: the upstream gets none
         # (we send no cookies of our own, RFC 7873 §5.1 allows that), so its answer holds
         # none either and serves every client that asks the same question.
-        if query[10:12] != b"\x00\x00":  # an additional section: maybe an OPT with options
-            query = strip_options(query)
+        wire = strip_options(query) if query[10:12] != b"\x00\x00" else query
         try:
-            qend = _question_end(query)
+            qend = _question_end(wire)
         except ValueError:
-            loop.call_soon(done, servfail(query), ForwardTrace(None, failure="malformed"))
+            loop.call_soon(done, servfail(wire), ForwardTrace(None, failure="malformed"))
             return
-        key = cache_key(query) if self.cache.size else None
-        if key is not None and not looked_up:
-            hit = self.cache.get(key, query, self.clock())
+        if missed is not None and missed[0] is query:
+            key: bytes | None = missed[1]  # (the key leaves out what strip_options took)
+        else:
+            key = cache_key(wire) if self.cache.size else None
+            hit = None if key is None else self.cache.get(key, wire, self.clock())
             if hit is not None:
                 loop.call_soon(done, hit, ForwardTrace(None, cached=True))
                 return
         if self.in_flight >= self.config.max_in_flight:
             self.overloaded += 1
-            loop.call_soon(done, servfail(query), ForwardTrace(None, failure="overloaded"))
+            loop.call_soon(done, servfail(wire), ForwardTrace(None, failure="overloaded"))
             return
         now = loop.time()
         route = self._routes.get(addresses := self.config.route(qname))
@@ -325,7 +332,7 @@ class Forwarder:
             route = self._routes[addresses] = [self.upstreams[a] for a in addresses]
         if self._aside_until > now:  # some upstream is set aside: it is tried last
             route = sorted(route, key=lambda u: u.aside_until > now)
-        q = _Query(query, qend, route, now + self.config.budget)
+        q = _Query(wire, qend, route, now + self.config.budget)
         q.done, q.key = done, key
         self.in_flight += 1
         try:

@@ -23,6 +23,7 @@ import pytest
 from dnstfo.answer.authority import Authority
 from dnstfo.answer.forward import ForwardConfig, scan_response
 from dnstfo.answer.responder import Reply, Responder, Transport
+from dnstfo.server import upstream
 from dnstfo.server.config import QueryLog
 from dnstfo.server.forwardcache import NS_PER_S, cache_key
 from dnstfo.server.forwarding import Forwarding
@@ -163,7 +164,9 @@ def test_client_outside_allow_and_miss_stay_forwardable() -> None:
     assert (cache.hits, cache.misses) == (0, 1)
 
 
-def test_forwarder_does_not_look_up_a_query_that_just_missed() -> None:
+def test_forwarder_does_not_look_up_a_query_that_just_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The miss the responder's lookup counted is not counted again when the same query
     is forwarded; a query forwarded without that lookup first is looked up there."""
     clock = Clock()
@@ -171,19 +174,27 @@ def test_forwarder_does_not_look_up_a_query_that_just_missed() -> None:
     forwarder = forwarding.forwarder
     query = dns.message.make_query("www.fwd.example.", "A").to_wire()
 
-    async def forward(wire: bytes, looked_up: bool) -> tuple[bytes, ForwardTrace]:
+    keys: list[bytes] = []
+
+    def counted_key(wire: bytes) -> bytes | None:
+        keys.append(wire)
+        return cache_key(wire)
+
+    monkeypatch.setattr(upstream, "cache_key", counted_key)
+
+    async def forward(wire: bytes) -> tuple[bytes, ForwardTrace]:
         done: asyncio.Future[tuple[bytes, ForwardTrace]] = asyncio.Future()
-        forwarder.forward(
-            wire, "www.fwd.example.", lambda *got: done.set_result(got), looked_up=looked_up
-        )
+        forwarder.forward(wire, "www.fwd.example.", lambda *got: done.set_result(got))
         return await asyncio.wait_for(done, 10)
 
     async def run() -> None:
         assert forwarder.cached(query) is None
-        await forward(query, looked_up=True)
+        await forward(query)  # just missed: neither looked up nor keyed again
         assert (forwarder.cache.hits, forwarder.cache.misses) == (0, 1)
-        await forward(query, looked_up=False)
+        assert len(keys) == 1
+        await forward(query)
         assert (forwarder.cache.hits, forwarder.cache.misses) == (0, 2)
+        assert len(keys) == 2
         forwarder.close()
 
     asyncio.run(run())
