@@ -487,22 +487,31 @@ class Forwarder:
             self.cache.put(q.key, wire, scan, self.clock())
         self._finish(q, wire, trace)
 
-    def _garbage(self, q: _Query, upstream: _Upstream) -> None:
-        """An answer that does not parse: the query moves on."""
+    def _move_on(self, q: _Query, upstream: _Upstream) -> None:
+        """``upstream`` failed ``q`` (no connection, a failed read, an answer that does not
+        parse): the failure is counted and the query moves on."""
         upstream.stats.failures += 1
         self._failed(upstream)
         self._forget(q)
         self._attempt(q)
+
+    def _scan(self, q: _Query, upstream: _Upstream, message: bytes) -> ResponseScan | None:
+        """Reads an answer whose question matched ``q``'s; None: it does not parse (the
+        query moved on)."""
+        q.timer = None
+        try:  # the question was compared: the scan starts after it
+            start = q.qend if message[4:6] == _ONE else 0
+            return scan_response(message, start, ttls=q.key is not None)
+        except ValueError:
+            self._move_on(q, upstream)
+            return None
 
     # ---- TCP -----------------------------------------------------------------------------
 
     def _send_tcp(self, q: _Query, upstream: _Upstream) -> None:
         conn = self._connection(upstream)
         if conn is None:
-            self._forget(q)
-            upstream.stats.failures += 1
-            self._failed(upstream)
-            self._attempt(q)
+            self._move_on(q, upstream)
             return
         pending = conn.pending
         qid = random.getrandbits(16)
@@ -676,12 +685,8 @@ class Forwarder:
             trace = ForwardTrace(upstream.label, fresh, in_syn, syn_acked, now - q.attempt_at)
             del pending[qid]
             q.conn = None
-            q.timer = None
-            try:  # the question was compared above: the scan starts after it
-                start = qend if message[4:6] == _ONE else 0
-                scan = scan_response(message, start, ttls=q.key is not None)
-            except ValueError:
-                self._garbage(q, upstream)
+            scan = self._scan(q, upstream, message)
+            if scan is None:
                 continue
             if scan.keepalive is not None:
                 conn.keepalive_s = scan.keepalive / 10
@@ -786,10 +791,7 @@ class Forwarder:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:  # ICMP port unreachable and kin
-            self._forget(q)
-            upstream.stats.failures += 1
-            self._failed(upstream)
-            self._attempt(q)
+            self._move_on(q, upstream)
             return
         qend = q.qend
         if (
@@ -806,11 +808,7 @@ class Forwarder:
             self._arm(q, min(self._loop.time() + self.config.timeout, q.deadline))
             self._send_tcp(q, upstream)
             return
-        q.timer = None
-        try:
-            scan = scan_response(message)
-        except ValueError:
-            self._garbage(q, upstream)
-            return
-        trace = ForwardTrace(upstream.label, upstream_ns=now - q.attempt_at)
-        self._answered(q, upstream, message, scan, trace)
+        scan = self._scan(q, upstream, message)
+        if scan is not None:
+            trace = ForwardTrace(upstream.label, upstream_ns=now - q.attempt_at)
+            self._answered(q, upstream, message, scan, trace)
