@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dnstfo.lab.demo import stop_server, wait_listening
+from dnstfo.lab.netns import realtime_priority
 from tests.client.conftest import SERVER, Served, dnstfo_serve
 from tests.client.conftest import lab_with as lab_with  # the fixture
 
@@ -42,6 +43,8 @@ def dnsdist(lab, tmp: Path, ca) -> Iterator[Served]:
     argv = ["ip", "netns", "exec", lab.server.name, exe, "--supervised", "--disable-syslog",
             "-C", str(conf)]  # fmt: skip
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Its handshakes are timed: set before its worker threads start (they inherit it).
+    realtime_priority(pid=proc.pid)
     try:
         wait_listening(lab.server, proc, 853, "dnsdist")
         yield Served(lab, proc, SERVER, 853)
