@@ -138,7 +138,6 @@ class Forwarding:
             note = describe(trace) if session.query_log.enabled else None
             session.deliver(slot, wire, self.clock(), qname, qtype, note, False)
             if not self._waking:
-                self._waking = []
                 asyncio.get_running_loop().call_soon(self._wake_all)
             self._waking.append(session)
 
@@ -149,12 +148,9 @@ class Forwarding:
         """Wakes each session that got answers since the last call, once: the answers
         of one upstream read go to each client in one write."""
         sessions, self._waking = self._waking, []
-        seen: set[int] = set()
-        for session in sessions:
-            if id(session) not in seen:
-                seen.add(id(session))
-                if session.wake is not None:
-                    session.wake()
+        for session in dict.fromkeys(sessions):  # (each once, in order)
+            if session.wake is not None:
+                session.wake()
 
     def forward_udp(
         self, query: bytes, reply: Reply, client: str, send: Callable[[bytes, str], None]

@@ -198,3 +198,19 @@ def test_forwarder_does_not_look_up_a_query_that_just_missed(
         forwarder.close()
 
     asyncio.run(run())
+
+
+def test_sessions_given_answers_are_woken_once_each_in_order() -> None:
+    forwarding, _ = setup(Clock())
+    woken: list[str] = []
+
+    class Session:
+        def __init__(self, name: str) -> None:
+            self.wake = lambda: woken.append(name)
+
+    a, b, c = Session("a"), Session("b"), Session("c")
+    c.wake = None  # type: ignore[assignment]  # (a session whose writer is gone)
+    forwarding._waking = [a, b, a, c, b]  # type: ignore[list-item]
+    forwarding._wake_all()
+    assert woken == ["a", "b"]
+    assert forwarding._waking == []
