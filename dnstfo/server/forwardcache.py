@@ -62,9 +62,10 @@ class _Entry:
     question_end: int
     """The offset after the question in the full message."""
     aged: int = 0
-    """Whole seconds kept when ``aged_body`` was written (hits within one second share it)."""
+    """Whole seconds kept when ``aged_body`` was written (hits within one second share
+    it); 0: not written yet."""
     aged_body: bytes = b""
-    """``body`` with each TTL lowered by ``aged`` (empty: not written yet)."""
+    """``body`` with each TTL lowered by ``aged``."""
 
 
 def cache_key(query: bytes) -> bytes | None:
@@ -145,7 +146,7 @@ class ForwardCache:
         elapsed = (now - entry.stored_ns) // NS_PER_S
         body = entry.body
         if elapsed:
-            if elapsed != entry.aged or not entry.aged_body:
+            if elapsed != entry.aged:  # (0 at first: never equal here)
                 aged = bytearray(body)
                 for offset, ttl in zip(entry.ttl_offsets, entry.ttls, strict=True):
                     aged[offset - 2 : offset + 2] = max(0, ttl - elapsed).to_bytes(4, "big")
