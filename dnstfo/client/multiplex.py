@@ -258,7 +258,7 @@ class Multiplexer:
             self._finish(flight, None, None, 0, exc)
 
     def _read(self, flight: _Flight) -> None:
-        ex, sock = flight.ex, flight.sock
+        sock = flight.sock
         while True:
             try:
                 chunk = sock.recv(_RECV_SIZE)
@@ -266,12 +266,7 @@ class Multiplexer:
                 return
             except OSError as exc:
                 raise NetworkError.from_oserror("reading the response", exc) from exc
-            first = ex.first_byte is None
-            messages = ex.on_data(chunk, self._clock.now_ns())
-            if first:
-                self._requeue(flight)
-            if messages:
-                self._answered(flight, messages[0])
+            if self._received(flight, chunk):
                 return
 
     def _tls_step(self, flight: _Flight, pump: TlsPump) -> None:
@@ -287,15 +282,19 @@ class Multiplexer:
                 return
             if pump.query is None and ex.unsent:  # handed to TLS with the client's Finished
                 ex.on_sent(len(ex.unsent))
-            if not plain:
-                continue
-            first = ex.first_byte is None
-            messages = ex.on_data(plain, self._clock.now_ns())
-            if first:
-                self._requeue(flight)
-            if messages:
-                self._answered(flight, messages[0])
+            if plain and self._received(flight, plain):
                 return
+
+    def _received(self, flight: _Flight, data: bytes) -> bool:
+        """Feeds response bytes to the exchange; True once the answer was handled."""
+        ex = flight.ex
+        first = ex.first_byte is None
+        messages = ex.on_data(data, self._clock.now_ns())
+        if first:
+            self._requeue(flight)
+        if messages:
+            self._answered(flight, messages[0])
+        return bool(messages)
 
     def _answered(self, flight: _Flight, message: bytes) -> None:
         ex = flight.ex
