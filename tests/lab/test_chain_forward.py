@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from dnstfo.lab.demo import stop_server, wait_listening
 from dnstfo.lab.netns import realtime_priority
 from tests.knot import knot_config
 from tests.lab.conftest import lab_missing
@@ -59,27 +60,6 @@ def scrape(port: int) -> str:
         return str(page.read().decode())
 
 
-def _wait(ns: Any, port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited: {proc.communicate()[1].decode()}")
-        if ns.exec(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip():
-            return
-        time.sleep(0.05)  # polling for the listening socket, bounded
-    raise RuntimeError("not listening within 15 s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> str:
-    proc.terminate()
-    try:
-        _, err = proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-    return err.decode()
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A lab at 100 ms RTT with knotd in the server namespace."""
@@ -92,13 +72,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     with start_lab(LabSpec(rtt_ms=RTT_MS, ipv6=False)) as lab:
         conf = knot_config(run, lab.server_v4, 53)
         argv = ["ip", "netns", "exec", lab.server.name, "knotd", "-c", str(conf)]
-        knot = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        knot = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         realtime_priority(pid=knot.pid)
         try:
-            _wait(lab.server, 53, knot)
+            wait_listening(lab.server, knot, 53, "knotd")
             yield lab
         finally:
-            _stop(knot)
+            stop_server(knot)
 
 
 @contextlib.contextmanager
@@ -108,10 +88,10 @@ def forwarder(lab: Any, zones: Path) -> Iterator[list[str]]:
             "--listen", f"127.0.0.1:{PORT}", "--forward", f"{lab.server_v4}:53",
             "--forward-cache-size", "0", "--query-log", "text",
             "--metrics", f"127.0.0.1:{METRICS}"]  # fmt: skip
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     try:
-        _wait(lab.client, PORT, proc)
+        wait_listening(lab.client, proc, PORT)
         # Timed like the delay line: busy CPUs add no delay (once it listens: a start-up
         # at real-time priority is a CPU burst that would stall the delay line).
         realtime_priority(pid=proc.pid)
@@ -119,7 +99,7 @@ def forwarder(lab: Any, zones: Path) -> Iterator[list[str]]:
         ask(lab, "ns.t.example.")
         yield lines
     finally:
-        lines.extend(_stop(proc).splitlines())
+        lines.extend(stop_server(proc))
 
 
 def _rounds(ms: float) -> float:
