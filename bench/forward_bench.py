@@ -183,8 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     modes = tuple(m for m in a.modes.split(",") if m)
     names = tuple(n for n in a.forwarders.split(",") if n)
-    if not set(modes) <= MODES.keys() or not set(names) <= PORTS.keys():
+    if not modes or not names or not set(modes) <= MODES.keys() or not set(names) <= PORTS.keys():
         p.error("--modes takes a,b,c and --forwarders takes dnstfo,dnsdist")
+    if a.duration <= 0 or a.warmup < 0 or a.concurrency < 1:
+        p.error("--duration and --concurrency take more than 0, --warmup 0 or more")
     if os.geteuid() != 0:
         print("forward_bench: needs root (network namespaces)", file=sys.stderr)
         return 2
