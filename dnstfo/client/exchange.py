@@ -262,23 +262,8 @@ def pending_error(sock: socket.socket, addr: tuple[str, int]) -> NetworkError | 
     return NetworkError.from_oserror(connecting(addr), OSError(err, os.strerror(err)))
 
 
-def address_family(host: str) -> socket.AddressFamily:
-    """AF_INET or AF_INET6 for an address literal (inet_pton: cheap, once per connection).
-
-    Raises:
-        UsageError: not an IP address literal.
-    """
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except OSError:
-            continue
-        return family
-    return family_of(host)  # raises the usage error
-
-
 def _make_socket(config: QueryConfig) -> tuple[socket.socket, Fallback, str | None]:
-    family = address_family(config.server)
+    family = family_of(config.server)
     source = None if config.source is None else (config.source, 0)
     if config.tfo is TfoMethod.CONNECT:
         try:

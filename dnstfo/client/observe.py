@@ -11,9 +11,9 @@ import contextlib
 import logging
 import socket
 
-from dnstfo.client.exchange import address_family
 from dnstfo.errors import DnstfoError, KernelFeatureError
 from dnstfo.kernel import tcp_metrics
+from dnstfo.kernel.sockets import family_of
 from dnstfo.kernel.tcpinfo import FastOpenClientFail, TcpInfo
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def route_source(daddr: str, port: int) -> str | None:
     keyed by (source, destination), so this names the entry a connection will use.
     """
     try:
-        with socket.socket(address_family(daddr), socket.SOCK_DGRAM) as s:
+        with socket.socket(family_of(daddr), socket.SOCK_DGRAM) as s:
             s.connect((daddr, port))
             return str(s.getsockname()[0])
     except (OSError, DnstfoError):
