@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from dns.rcode import Rcode
 
-from dnstfo.answer.forward import ForwardConfig, add_opt
+from dnstfo.answer.forward import ForwardConfig, add_opt, opt_rdata
 from dnstfo.answer.responder import CachedForward, Reply, Transport, truncated_reply
 from dnstfo.server.forwardmetrics import ForwardStats
 from dnstfo.server.upstream import Forwarder, ForwardTrace
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_OPT = 41
 _UDP = Transport.UDP
 _RCODES = tuple(map(Rcode, range(16)))
 CACHE_NOTE = "forward=cache"
@@ -64,14 +63,19 @@ def describe(trace: ForwardTrace) -> str:
 def udp_limit(query: bytes, ours: int) -> int:
     """The largest UDP response the client takes: its EDNS payload size (at least 512,
     at most ``ours``), or 512 without EDNS."""
-    arcount = query[10] << 8 | query[11] if len(query) >= 12 else 0
-    if not arcount:
+    size = len(query)
+    if size < 12 or not (query[10] or query[11]):
         return 512
     # The OPT record is the last of the additional section in every real query: a root
-    # name (one zero byte), then TYPE 41 and CLASS = payload size; find it from the end.
+    # name (one zero byte), TYPE 41, CLASS = payload size, TTL, then RDLENGTH bytes that
+    # end the message. Found from the end; bytes in an option that only look like it
+    # (a cookie may hold them) do not end the message there: then the records are walked.
     pos = query.rfind(b"\x00\x00\x29")
-    if pos < 0 or pos + 11 > len(query):
-        return 512
+    if pos < 0 or pos + 11 > size or pos + 11 + (query[pos + 9] << 8 | query[pos + 10]) != size:
+        span = opt_rdata(query)
+        if span is None:
+            return 512
+        pos = span[0] - 11
     payload = query[pos + 3] << 8 | query[pos + 4]
     return max(512, min(payload, ours))
 

@@ -204,6 +204,14 @@ def test_servfail_and_udp_limit() -> None:
     assert udp_limit(dns.message.make_query("x.", "A").to_wire(), 1232) == 512
 
 
+def test_udp_limit_reads_the_opt_not_bytes_in_an_option_that_look_like_one() -> None:
+    """A client cookie may hold the bytes of an OPT's start (root, TYPE 41) and a size:
+    the limit is the OPT's payload size all the same."""
+    cookie = dns.edns.GenericOption(dns.edns.OptionType.COOKIE, b"\x00\x00\x29\x04\xd0xyz")
+    query = dns.message.make_query("x.", "A", use_edns=0, payload=600, options=[cookie])
+    assert udp_limit(query.to_wire(), 1232) == 600
+
+
 def _options(**given: object) -> dict[str, object]:
     return {"zone": "z", **given}
 
