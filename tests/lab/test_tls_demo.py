@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dnstfo.lab.demo import rounds_shortfall
+from tests.lab.conftest import requires_lab
 
 
 @pytest.mark.parametrize(
@@ -31,13 +32,11 @@ def test_tls_shortfall_names_the_tls_figures() -> None:
 @pytest.mark.lab
 @pytest.mark.netadmin
 @pytest.mark.linux
+@requires_lab
 def test_demo_over_tls_shows_3_then_2() -> None:
     from dnstfo.lab.demo import run_demo
     from dnstfo.lab.topology import LabSpec
-    from tests.lab.conftest import lab_missing
 
-    if lab_missing():
-        pytest.skip(str(lab_missing()))
     result = run_demo(LabSpec(rtt_ms=100, ipv6=False), tfo_queries=2, tls=True)
     assert result.story_held, result.shortfall
     assert all(s.result.tls is not None for s in result.comparison.steps)
@@ -48,14 +47,12 @@ def test_demo_over_tls_shows_3_then_2() -> None:
 @pytest.mark.lab
 @pytest.mark.netadmin
 @pytest.mark.linux
+@requires_lab
 def test_lab_demo_tls_command() -> None:
     from click.testing import CliRunner
 
     from dnstfo.cli import main
-    from tests.lab.conftest import lab_missing
 
-    if lab_missing():
-        pytest.skip(str(lab_missing()))
     result = CliRunner().invoke(main, ["lab", "demo", "--tls", "--count", "2", "--rtt", "50ms"])
     assert result.exit_code == 0, result.output
     assert "+tls +tls-ca=" in result.output
