@@ -45,14 +45,14 @@ CACHE_NOTE = "forward=cache"
 
 
 def describe(trace: ForwardTrace) -> str:
-    """The query log's note on a forwarded answer: ``upstream=ADDR fresh|reused ...``."""
+    """The query log's note on a forwarded answer: ``upstream=ADDR fresh|reused|udp ...``."""
     if trace.cached:
         return CACHE_NOTE
     if trace.upstream is None:
         tried = f" tried={','.join(trace.tried)}" if trace.tried else ""
         return f"forward=failed reason={trace.failure or 'unknown'}{tried}"
     parts = [f"upstream={trace.upstream}"]
-    parts.append("fresh" if trace.fresh else "reused")
+    parts.append("udp" if trace.udp else "fresh" if trace.fresh else "reused")
     if trace.fresh:
         syn = "acked" if trace.syn_acked else "sent" if trace.in_syn else "no"
         parts.append(f"syn-data={syn}")

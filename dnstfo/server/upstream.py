@@ -130,6 +130,8 @@ class ForwardTrace(NamedTuple):
     (a bug, logged)."""
     tried: tuple[str, ...] = ()
     """The upstreams tried, in order, when none answered."""
+    udp: bool = False
+    """The answer came in a datagram (``--forward-transport udp``): no connection."""
 
 
 Done = Callable[[bytes, ForwardTrace], None]
@@ -810,5 +812,5 @@ class Forwarder:
             return
         scan = self._scan(q, upstream, message)
         if scan is not None:
-            trace = ForwardTrace(upstream.label, upstream_ns=now - q.attempt_at)
+            trace = ForwardTrace(upstream.label, upstream_ns=now - q.attempt_at, udp=True)
             self._answered(q, upstream, message, scan, trace)

@@ -412,6 +412,26 @@ def test_udp_transport_retries_over_tcp_on_tc(forwarder: Callable[..., ServerThr
         assert up.tcp_connections == 1
 
 
+def test_udp_transport_logged_as_udp_not_as_a_reused_connection(
+    make_server: Callable[..., ServerThread], caplog: pytest.LogCaptureFixture
+) -> None:
+    with upstream(Mode.OK) as up:
+        config = ForwardConfig(
+            upstreams=(("127.0.0.1", up.port),), transport=ForwardTransport.UDP, cache_size=0
+        )
+        caplog.set_level(logging.INFO, logger=QUERY_LOGGER)
+        server = make_server(forward=config, query_log=QueryLog.TEXT)
+        assert address(ask(server, "q1.fwd.example.")) == "192.0.2.2"
+        assert up.udp_queries == 1
+        deadline = time.monotonic() + 5
+        lines: list[str] = []
+        while not lines and time.monotonic() < deadline:  # written just after the answer
+            lines = [r.getMessage() for r in caplog.records if "q1.fwd" in r.getMessage()]
+            time.sleep(0.01)
+    (line,) = lines
+    assert f"upstream=127.0.0.1:{up.port} udp upstream-ms=" in line
+
+
 def test_client_gone_before_answer_nothing_breaks(forwarder: Callable[..., ServerThread]) -> None:
     with upstream(Mode.REVERSED) as up:
         server = forwarder(up, cache_size=0, connections=1)
