@@ -22,6 +22,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import dns.exception
+import dns.name
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = tuple[str, int]
 
@@ -352,16 +355,18 @@ def question_end(wire: bytes) -> int:
 
 
 def parse_forward_zone(text: str) -> tuple[str, tuple[str, ...]]:
-    """Splits ``ZONE=ADDR[,ADDR...]`` into the absolute lower-case zone and address texts.
+    """Splits ``ZONE=ADDR[,ADDR...]`` into the zone, absolute and lower case in the form
+    the responder gives names in (IDN as A-labels, odd bytes escaped), and address texts.
 
     Raises:
-        ValueError: no ``=``, an empty zone or no address.
+        ValueError: no ``=``, an empty zone, no address, or a zone that is no DNS name.
     """
     zone, sep, rest = text.partition("=")
-    zone = zone.strip().lower()
+    zone = zone.strip()
     addresses = tuple(a.strip() for a in rest.split(",") if a.strip())
     if not sep or not zone or not addresses:
         raise ValueError(f"bad forward zone {text!r} (want ZONE=ADDR[:PORT][,ADDR...])")
-    if not zone.endswith("."):
-        zone += "."
-    return zone, addresses
+    try:
+        return dns.name.from_text(zone).to_text().lower(), addresses
+    except dns.exception.DNSException as exc:
+        raise ValueError(f"bad forward zone {text!r}: {exc}") from exc

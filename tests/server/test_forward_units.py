@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rrset
 import pytest
@@ -263,6 +265,25 @@ def test_parse_forward_zone() -> None:
     assert parse_forward_zone("example.org.=192.0.2.1") == ("example.org.", ("192.0.2.1",))
     with pytest.raises(ValueError, match="bad forward zone"):
         parse_forward_zone("=192.0.2.1")
+
+
+@pytest.mark.parametrize("zone", ["a..example", "x" * 64 + ".example", "a\\999.example"])
+def test_parse_forward_zone_refuses_what_is_no_name(zone: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(f"bad forward zone {zone + '=192.0.2.1'!r}")):
+        parse_forward_zone(f"{zone}=192.0.2.1")
+
+
+def test_forward_zone_written_as_the_names_it_routes() -> None:
+    """A zone is kept in the form the responder gives names in (IDN as A-labels, odd
+    bytes escaped), so the names under it go to its upstreams."""
+    for text, suffix in (("Bücher.Example", "xn--bcher-kva.example."), ("a b.", "a\\032b.")):
+        parsed, _ = parse_forward_zone(f"{text}=192.0.2.1")
+        assert parsed == suffix
+        config = ForwardConfig(
+            upstreams=(("192.0.2.9", 53),), zones=(ForwardZone(parsed, (("192.0.2.1", 53),)),)
+        )
+        qname = dns.name.from_text(f"www.{text}").to_text()
+        assert config.route(qname) == (("192.0.2.1", 53),)
 
 
 def test_set_keepalive_strips_and_asks() -> None:
