@@ -203,9 +203,9 @@ def build_config(options: dict[str, Any]) -> ServerConfig:
             "listen",
             lambda v: tuple(Endpoint.parse(str(t)) for t in v or [f"127.0.0.1:{DEFAULT_PORT}"]),
         ),
-        tfo_queue=int(pick("tfo-queue") or DEFAULT_TFO_QUEUE),
+        tfo_queue=int(q) if (q := pick("tfo-queue")) is not None else DEFAULT_TFO_QUEUE,
         tfo_key_file=Path(key) if (key := pick("tfo-key")) else None,
-        workers=int(pick("workers") or 1),
+        workers=int(w) if (w := pick("workers")) is not None else 1,  # 0 is refused
         metrics=parse("metrics", lambda v: Endpoint.parse(v, default_port=9153) if v else None),
         query_log=parse("query-log", _query_log),
         axfr_allow=parse("axfr-allow", lambda v: tuple(parse_network(str(n)) for n in v or ())),

@@ -71,6 +71,15 @@ def test_ipv6_without_brackets_says_how_to_write_it(given: str, ways: str) -> No
     assert result.output == f"Error: IPv6 address {given!r} needs brackets: {ways}\n"
 
 
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [("workers", "--workers must be at least 1"), ("tfo_queue", "--tfo-queue must be at least 1")],
+)
+def test_zero_workers_or_queue_refused_not_taken_as_the_default(name: str, error: str) -> None:
+    with pytest.raises(UsageError, match=error):
+        build_config(options(zone="z", **{name: 0}))
+
+
 def test_config_file_and_override(tmp_path: Path) -> None:
     conf = tmp_path / "serve.toml"
     conf.write_text(
