@@ -325,9 +325,7 @@ class Supervisor:
             ran = now - slot.started_at
             if ran >= STABLE_S:
                 slot.quick_deaths = 0
-            delay = min(MAX_BACKOFF_S, RESTART_BACKOFF_S * 2**slot.quick_deaths)
-            slot.quick_deaths += 1
-            slot.restart_at = now + delay
+            delay = _back_off(slot, now)
             log.error(
                 "worker %d (pid %d) %s after %.1f s; restarting it in %.0f s",
                 slot.index,
@@ -371,12 +369,18 @@ class Supervisor:
                     reuseport=True,
                 )
             except DnstfoError as exc:
-                delay = min(MAX_BACKOFF_S, RESTART_BACKOFF_S * 2**slot.quick_deaths)
-                slot.quick_deaths += 1
-                slot.restart_at = now + delay
+                delay = _back_off(slot, now)
                 log.error("worker %d: %s; trying again in %.0f s", slot.index, exc, delay)
                 continue
             self._spawn(slot, pairs, restart=True)
+
+
+def _back_off(slot: _Slot, now: float) -> float:
+    """Schedules ``slot``'s next start after a delay doubled per quick death; returns it."""
+    delay: float = min(MAX_BACKOFF_S, RESTART_BACKOFF_S * 2**slot.quick_deaths)
+    slot.quick_deaths += 1
+    slot.restart_at = now + delay
+    return delay
 
 
 def _exit_words(status: int) -> str:
