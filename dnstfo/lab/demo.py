@@ -20,10 +20,12 @@ import logging
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from dnstfo.client.compare import CompareStep, Comparison, Step, compare
 from dnstfo.client.config import QueryConfig, TlsOptions
@@ -217,24 +219,35 @@ def demo_target(
         argv += ["--tls-listen", f"{lab.server_v4}:{TLS_PORT}"]
         argv += ["--tls-cert", str(ca.cert), "--tls-key", str(ca.key)]
         server.address, server.ca_file, port = (lab.server_v4, TLS_PORT), ca.ca_cert, TLS_PORT
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_listening(lab.server, proc, port)
-        # Timed like the client and the delay line: busy processes must not delay its
-        # answers. Only once it listens: a start-up (imports, zones) at real-time priority
-        # is a CPU burst that can stall the relay or push the CPU into RT throttling.
-        # (``ip netns exec`` execs the server in place, so the pid is the server's.)
-        realtime_priority(pid=proc.pid)
-        log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)
-        yield server
-    finally:
-        server.log_lines = stop_server(proc)
+    # Its log goes to a file, not a pipe read at the end: a JSON line per query would fill
+    # the pipe (64 KiB, a few hundred queries) and block the server mid-answer.
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            wait_listening(lab.server, proc, port, log=err)
+            # Timed like the client and the delay line: busy processes must not delay its
+            # answers. Only once it listens: a start-up (imports, zones) at real-time
+            # priority is a CPU burst that can stall the relay or push the CPU into RT
+            # throttling. (``ip netns exec`` execs the server in place: the pid is its.)
+            realtime_priority(pid=proc.pid)
+            log.info("dnstfo serve listening on %s:%d in %s", *server.address, server.namespace)
+            yield server
+        finally:
+            stop_server(proc)
+            err.seek(0)
+            server.log_lines = err.read().splitlines()
 
 
 def wait_listening(
-    ns: Namespace, proc: subprocess.Popen[str], port: int, name: str = "dnstfo serve"
+    ns: Namespace,
+    proc: subprocess.Popen[str],
+    port: int,
+    name: str = "dnstfo serve",
+    log: IO[str] | None = None,
 ) -> None:
     """Waits until ``proc`` (``name``, for the error) listens on TCP ``port`` in ``ns``.
+
+    ``log``: the file its stderr goes to, when not a pipe (the error quotes its end).
 
     Raises:
         LabError: it exited, or did not listen within ``_START_TIMEOUT_S``.
@@ -243,6 +256,9 @@ def wait_listening(
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             _, err = proc.communicate()
+            if log is not None:
+                log.seek(0)
+                err = log.read()
             raise LabError(f"{name} in {ns.name} exited with status {proc.returncode}: "
                            f"{err.strip()[-500:]}")  # fmt: skip
         if ns.in_thread(tcp_listening, port):
@@ -263,7 +279,7 @@ def tcp_listening(port: int) -> bool:
 
 def stop_server(proc: subprocess.Popen[str]) -> list[str]:
     """Stops a server (SIGTERM: ``dnstfo serve`` finishes in-flight answers; SIGKILL after
-    ``_STOP_TIMEOUT_S``) and returns its stderr lines."""
+    ``_STOP_TIMEOUT_S``) and returns its stderr lines (none when not a pipe)."""
     proc.terminate()
     try:
         _, err = proc.communicate(timeout=_STOP_TIMEOUT_S)
@@ -271,7 +287,7 @@ def stop_server(proc: subprocess.Popen[str]) -> list[str]:
         log.warning("a lab server ignored SIGTERM; killing it")
         proc.kill()
         _, err = proc.communicate()
-    return err.splitlines()
+    return (err or "").splitlines()
 
 
 def demo_exchange(

@@ -130,6 +130,21 @@ def test_demo_on_a_zero_rtt_path_exits_3_and_claims_no_saving() -> None:
     assert lab_namespaces(mine=True) == []
 
 
+@pytest.mark.lab
+@pytest.mark.netadmin
+@requires_lab
+@pytest.mark.timeout(60)
+def test_a_long_demo_logs_every_query_without_blocking_the_server() -> None:
+    # 400 JSON log lines are more than a pipe holds (64 KiB): read only at the end, the
+    # log blocked the server mid-answer and the demo hung.
+    from dnstfo.lab.demo import run_demo
+    from dnstfo.lab.topology import LabSpec
+
+    result = run_demo(LabSpec(rtt_ms=0.0), tfo_queries=400)
+    assert len(result.served) >= 402  # the baseline, the priming query, the 400
+    assert lab_namespaces(mine=True) == []
+
+
 @pytest.mark.parametrize(
     ("args", "says"),
     [
