@@ -67,16 +67,6 @@ class Served:
         assert r.returncode == 0, r.stderr
 
 
-def stop_logging_server(proc: subprocess.Popen[str]) -> None:
-    """Stops a server whose stderr goes to a file (``stop_server`` returns piped stderr)."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture
 def lab_with() -> Iterator[Callable[..., Any]]:
     """Returns ``start(spec)``: a running lab for the test, torn down afterwards."""

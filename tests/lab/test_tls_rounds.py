@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dnstfo.lab.demo import wait_listening
+from dnstfo.lab.demo import stop_server, wait_listening
 from dnstfo.lab.netns import realtime_priority
-from tests.client.conftest import DNSTFO, ROOT, SERVER, ZONES, Served, stop_logging_server
+from tests.client.conftest import DNSTFO, ROOT, SERVER, ZONES, Served
 from tests.client.conftest import lab_with as lab_with  # the fixture
 
 pytestmark = [pytest.mark.lab, pytest.mark.netadmin, pytest.mark.linux]
@@ -35,16 +35,16 @@ def dnstfo_tls(lab, ca, log: Path) -> Iterator[Served]:
     argv = ["ip", "netns", "exec", lab.server.name, *DNSTFO, "serve", "--zone", str(ZONES),
             "--listen", f"{SERVER}:53", "--tls-listen", SERVER, "--tls-cert", str(ca.cert),
             "--tls-key", str(ca.key), "--query-log", "text"]  # fmt: skip
-    with log.open("wb") as err:
+    with log.open("w+") as err:
         proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err, text=True)
         try:
-            wait_listening(lab.server, proc, TLS_PORT)
+            wait_listening(lab.server, proc, TLS_PORT, log=err)
             # Its handshakes are timed: the TLS work must not wait behind busy processes
             # (raised once it listens: its start-up is no timed work).
             realtime_priority(pid=proc.pid)
             yield Served(lab, proc, SERVER, TLS_PORT)
         finally:
-            stop_logging_server(proc)
+            stop_server(proc)
 
 
 def _tls_lines(log: Path) -> list[str]:
