@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 from dnstfo.kernel import tcp_metrics
 from dnstfo.kernel.sockets import TfoKey
 from dnstfo.lab.delay import Fault, flow_instance
+from dnstfo.lab.demo import stop_server, wait_listening
 from dnstfo.lab.netns import Namespace, realtime_priority
 from dnstfo.lab.topology import Lab, LabSpec, start_lab
 from dnstfo.probe.plan import Plan
@@ -49,12 +49,6 @@ NO_COOKIE = ["tfo.connectivity.works", "tfo.cookie.not_received"]
 # --- running things in the lab --------------------------------------------------------------
 
 
-def _listening(port: int) -> bool:
-    from dnstfo.lab.demo import tcp_listening
-
-    return tcp_listening(port)
-
-
 @contextlib.contextmanager
 def dnstfo_serve(ns: Namespace, port: int = 53) -> Iterator[None]:
     """``dnstfo serve`` on 0.0.0.0 in ``ns``, with room for every probe connection."""
@@ -62,22 +56,15 @@ def dnstfo_serve(ns: Namespace, port: int = 53) -> Iterator[None]:
     argv += ["from dnstfo.cli import main; main(prog_name='dnstfo')", "serve"]
     argv += ["--zone", str(ZONES), "--listen", f"0.0.0.0:{port}"]
     argv += ["--max-connections", "16384", "--max-per-client", "16384"]
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    realtime_priority(pid=proc.pid)  # round trips are measured: busy processes must not delay it
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 20
-        while not ns.in_thread(_listening, port):
-            assert proc.poll() is None, proc.communicate()[1].decode()
-            assert time.monotonic() < deadline, "dnstfo serve did not listen in 20 s"
-            time.sleep(0.05)
+        wait_listening(ns, proc, port)
+        # Round trips are measured: busy processes must not delay it (once it listens: a
+        # start-up at real-time priority is a CPU burst that would stall the delay line).
+        realtime_priority(pid=proc.pid)
         yield
     finally:
-        proc.terminate()
-        try:
-            proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
+        stop_server(proc)
 
 
 def probe(
